@@ -1,0 +1,111 @@
+"""What every command shares: settings, the database, the clock, output and errors.
+
+Errors a user can act on are raised as :class:`CliError` (or one of the domain errors listed in
+``USER_ERRORS``) and printed as one line on stderr with exit code 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from sqlalchemy.engine import Engine
+
+from broadcaster.clock import Clock, SystemClock
+from broadcaster.settings import Settings, load_settings
+from broadcaster.trail import current_actor
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """An error for the operator: printed on stderr, exit code ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class AppContext:
+    actor_override: str | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    _settings: Settings | None = None
+    _engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from broadcaster.db import open_database
+
+            self._engine = open_database(self.settings.database_url)
+        return self._engine
+
+    @property
+    def actor(self) -> str:
+        return current_actor(self.actor_override or self.settings.actor)
+
+    def templates(self):  # type: ignore[no-untyped-def]
+        from broadcaster.templating import TemplateStore
+
+        return TemplateStore(self.settings.templates_dir)
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, AppContext):
+        obj = AppContext()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_default)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(to_json(value) + "\n")
+    sys.stdout.flush()
+
+
+def parse_vars(pairs: list[str] | None) -> dict[str, str]:
+    """``--var key=value`` options into a dict; a malformed one is a usage error."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--var {pair!r}: expected key=value", EXIT_USAGE)
+        out[key.strip()] = value
+    return out
+
+
+def is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()

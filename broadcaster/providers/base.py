@@ -1,0 +1,76 @@
+"""The provider adapter interface. The dispatcher only ever talks to a provider through this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Outbound:
+    message_id: int
+    to: str
+    body: str
+    sender: str | None = None
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the message."""
+
+    provider_id: str
+    status: str = "sent"  # provider's own word: queued / accepted / sent
+    segments: int | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A message the provider already has, found when reconciling an uncertain attempt."""
+
+    provider_id: str
+    to: str
+    body: str
+    status: str
+    created_at: datetime | None = None
+
+
+class ProviderError(Exception):
+    """A refusal or failure. ``accepted_maybe`` means the request may have reached the provider
+    (timeout, 5xx after sending, connection lost mid-request): never resend without reconciling."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        transient: bool = False,
+        accepted_maybe: bool = False,
+        opt_out: bool = False,
+    ) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.http_status = http_status
+        self.transient = transient
+        self.accepted_maybe = accepted_maybe
+        self.opt_out = opt_out
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+    #: Whether :meth:`lookup` can answer; a provider that cannot leaves uncertain messages to an operator.
+    can_lookup: bool
+
+    def send(self, message: Outbound) -> Accepted: ...
+
+    def lookup(self, to: str, since: datetime) -> list[Found]: ...
+
+
+@dataclass
+class ProviderInfo:
+    name: str
+    details: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,282 @@
+"""The run ledger: create a run (once per occurrence) and materialise its outbox in batches.
+
+Materialisation is idempotent and resumable: messages are keyed UNIQUE(run, recipient) and written
+with ON CONFLICT DO NOTHING, recipients are paged by id, so a crash half-way is finished by running
+it again and never writes a second message for anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from broadcaster import db
+from broadcaster.clock import Clock
+from broadcaster.events import record_events
+from broadcaster.models import (
+    FAILED,
+    QUEUED,
+    RUN_PENDING,
+    RUN_READY,
+    SUPPRESSED,
+    ListMember,
+    Message,
+    OptOut,
+    Recipient,
+    RecipientList,
+    Run,
+)
+from broadcaster.segments import measure
+from broadcaster.templating import TemplateError, TemplateStore, build_context
+from broadcaster.trail import record_action
+
+BATCH = 1000
+
+runs_t = Run.__table__
+messages_t = Message.__table__
+recipients_t = Recipient.__table__
+members_t = ListMember.__table__
+lists_t = RecipientList.__table__
+optouts_t = OptOut.__table__
+
+
+class RunError(Exception):
+    """A run that cannot be created or materialised; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    id: int
+    created: bool  # False when the occurrence already had a run
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def list_ids(conn: Connection, names: list[str]) -> list[int]:
+    rows = conn.execute(sa.select(lists_t.c.id, lists_t.c.name).where(lists_t.c.name.in_(names))).all()
+    found = {name: id_ for id_, name in rows}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise RunError(f"unknown list(s): {', '.join(missing)}")
+    return [found[n] for n in names]
+
+
+def create_run(
+    engine: Engine,
+    *,
+    template: str,
+    list_names: list[str],
+    variables: dict[str, Any],
+    clock: Clock,
+    actor: str,
+    timezone: str,
+    store: TemplateStore,
+    job_id: str | None = None,
+    campaign_id: str | None = None,
+    scheduled_for: datetime | None = None,
+    sender: str | None = None,
+    priority: int = 0,
+    kind: str = "manual",
+    extra_details: dict[str, Any] | None = None,
+) -> RunRef:
+    """Insert the run, or find the existing one for (job_id, scheduled_for)."""
+    if not list_names:
+        raise RunError("a run needs at least one recipient list")
+    if (job_id is None) != (scheduled_for is None):
+        raise RunError("job_id and scheduled_for go together")
+    ZoneInfo(timezone)
+    loaded = store.load(template)  # fails early, before anything is written
+    now = clock.now()
+    with db.writing(engine) as conn:
+        list_ids(conn, list_names)
+        values = {
+            "kind": kind,
+            "campaign_id": campaign_id,
+            "job_id": job_id,
+            "scheduled_for": scheduled_for,
+            "template": template,
+            "template_sha256": loaded.sha256,
+            "variables": variables,
+            "list_names": list_names,
+            "sender": sender,
+            "timezone": timezone,
+            "priority": priority,
+            "status": RUN_PENDING,
+            "intended": 0,
+            "created_by": actor,
+            "created_at": now,
+        }
+        if job_id is not None:
+            stmt = _insert_ignore(conn, runs_t).values(**values).on_conflict_do_nothing(
+                index_elements=["job_id", "scheduled_for"]
+            )
+            result = conn.execute(stmt)
+            created = result.rowcount == 1
+            run_id = conn.execute(
+                sa.select(runs_t.c.id).where(
+                    runs_t.c.job_id == job_id, runs_t.c.scheduled_for == scheduled_for
+                )
+            ).scalar_one()
+        else:
+            run_id = conn.execute(sa.insert(runs_t).values(**values).returning(runs_t.c.id)).scalar_one()
+            created = True
+        if created:
+            record_action(
+                conn,
+                at=now,
+                actor=actor,
+                action="run.created",
+                run_id=run_id,
+                details={
+                    "template": template,
+                    "template_sha256": loaded.sha256,
+                    "lists": list_names,
+                    "variables": variables,
+                    "job_id": job_id,
+                    "scheduled_for": scheduled_for.isoformat() if scheduled_for else None,
+                    **(extra_details or {}),
+                },
+            )
+    return RunRef(run_id, created)
+
+
+def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clock) -> int:
+    """Write one message per distinct recipient of the run's lists; returns the intended count.
+
+    Opted-out numbers get a ``suppressed`` message (so the log shows why they got nothing); a body
+    that cannot be rendered for one recipient fails that message with the reason, not the run.
+    """
+    with db.reading(engine) as conn:
+        run = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).mappings().one_or_none()
+        if run is None:
+            raise RunError(f"run {run_id} not found")
+        ids = list_ids(conn, list(run["list_names"]))
+    template = store.load(run["template"])
+    zone = ZoneInfo(run["timezone"])
+    send_time = (run["scheduled_for"] or run["created_at"]).astimezone(zone)
+    member_ids = sa.select(members_t.c.recipient_id).where(members_t.c.list_id.in_(ids))
+    last_id = 0
+    rendered: dict[str, tuple[str, Any]] = {}  # bodies repeat a lot: measure each distinct body once
+    while True:
+        with db.writing(engine) as conn:
+            page = conn.execute(
+                sa.select(
+                    recipients_t.c.id,
+                    recipients_t.c.phone,
+                    recipients_t.c.name,
+                    recipients_t.c.attributes,
+                    optouts_t.c.id.label("optout_id"),
+                )
+                .outerjoin(optouts_t, optouts_t.c.phone == recipients_t.c.phone)
+                .where(recipients_t.c.id.in_(member_ids), recipients_t.c.id > last_id)
+                .order_by(recipients_t.c.id)
+                .limit(BATCH)
+            ).all()
+            if not page:
+                break
+            last_id = page[-1].id
+            now = clock.now()
+            rows = []
+            for r in page:
+                status, error_code, error_text = QUEUED, None, None
+                try:
+                    body = store.render(
+                        template,
+                        build_context(
+                            recipient={"phone": r.phone, "name": r.name, "attributes": r.attributes},
+                            variables=dict(run["variables"]),
+                            send_time=send_time,
+                        ),
+                    )
+                except TemplateError as exc:
+                    body, status, error_code, error_text = "", FAILED, "template", str(exc)
+                if body not in rendered:
+                    rendered[body] = (body, measure(body))
+                m = rendered[body][1]
+                if r.optout_id is not None and status == QUEUED:
+                    status, error_text = SUPPRESSED, "opted out"
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "recipient_id": r.id,
+                        "phone": r.phone,
+                        "body": body,
+                        "encoding": m.encoding,
+                        "segments": m.segments,
+                        "characters": m.characters,
+                        "status": status,
+                        "priority": run["priority"],
+                        "sender": run["sender"],
+                        "attempts": 0,
+                        "next_attempt_at": now if status == QUEUED else None,
+                        "error_code": error_code,
+                        "error_text": error_text,
+                        "created_at": now,
+                        "updated_at": now,
+                        "final_at": None if status == QUEUED else now,
+                    }
+                )
+                if len(rendered) > 10_000:
+                    rendered.clear()
+            stmt = _insert_ignore(conn, messages_t).on_conflict_do_nothing(
+                index_elements=["run_id", "recipient_id"]
+            )
+            conn.execute(stmt, rows)
+            written = conn.execute(
+                sa.select(messages_t.c.id, messages_t.c.status, messages_t.c.error_text).where(
+                    messages_t.c.run_id == run_id,
+                    messages_t.c.recipient_id.in_([r["recipient_id"] for r in rows]),
+                    messages_t.c.created_at == now,
+                )
+            ).all()
+            record_events(
+                conn,
+                (
+                    {
+                        "message_id": w.id,
+                        "run_id": run_id,
+                        "at": now,
+                        "to_status": w.status,
+                        "source": "materialise",
+                        "detail": {"reason": w.error_text} if w.error_text else {},
+                    }
+                    for w in written
+                ),
+            )
+    with db.writing(engine) as conn:
+        intended = conn.execute(
+            sa.select(sa.func.count()).select_from(messages_t).where(messages_t.c.run_id == run_id)
+        ).scalar_one()
+        conn.execute(
+            sa.update(runs_t)
+            .where(runs_t.c.id == run_id, runs_t.c.status == RUN_PENDING)
+            .values(status=RUN_READY, intended=intended)
+        )
+    return intended
+
+
+def get_run(conn: Connection, run_id: int) -> dict[str, Any]:
+    row = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).mappings().one_or_none()
+    if row is None:
+        raise RunError(f"run {run_id} not found")
+    return dict(row)
+
+
+def counts_by_status(conn: Connection, run_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        sa.select(messages_t.c.status, sa.func.count())
+        .where(messages_t.c.run_id == run_id)
+        .group_by(messages_t.c.status)
+    ).all()
+    return {status: n for status, n in rows}

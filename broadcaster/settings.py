@@ -1,0 +1,70 @@
+"""Settings from environment variables (prefix ``BROADCASTER_``) and an optional ``.env`` file.
+
+Secrets (the Twilio auth token) are only ever read from the environment and are kept as
+``SecretStr`` so they never appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BROADCASTER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///var/broadcaster.db"
+    provider: str = "log"
+    templates_dir: Path = Path("templates")
+    schedules_dir: Path = Path("schedules")
+    recipients_dir: Path = Path("recipients")
+    var_dir: Path = Path("var")
+    timezone: str = "Asia/Shanghai"
+    default_region: str = "CN"
+    log_provider_file: Path | None = None
+    quiet_hours: str | None = None
+    max_attempts: int = 5
+    actor: str | None = None
+
+    twilio_account_sid: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "BROADCASTER_TWILIO_ACCOUNT_SID")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "BROADCASTER_TWILIO_AUTH_TOKEN")
+    )
+    twilio_from_number: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_FROM_NUMBER", "BROADCASTER_TWILIO_FROM_NUMBER")
+    )
+    twilio_messaging_service_sid: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "TWILIO_MESSAGING_SERVICE_SID", "BROADCASTER_TWILIO_MESSAGING_SERVICE_SID"
+        ),
+    )
+    twilio_base_url: str | None = None
+    webhook_base_url: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone name
+        return value
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def log_provider_path(self) -> Path:
+        return self.log_provider_file or self.var_dir / "log-provider.jsonl"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment now (not at import time) so tests and subprocesses see their own."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,48 @@
+"""The schema, its migrations and time handling, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from broadcaster import db
+from broadcaster.models import Action
+
+
+def test_fresh_database_is_upgraded_to_head_on_first_use(db_url: str) -> None:
+    engine = db.open_database(db_url)
+    assert db.current_revision(engine) == db.head_revision(engine)
+    names = set(sa.inspect(engine).get_table_names())
+    assert {"recipients", "lists", "list_members", "optouts", "import_batches", "runs", "messages",
+            "message_events", "actions"} <= names
+
+
+def test_times_come_back_aware_in_utc_and_naive_times_are_refused(engine: sa.Engine) -> None:
+    shanghai = timezone(timedelta(hours=8))
+    at = datetime(2011, 8, 31, 9, 0, tzinfo=shanghai)
+    with db.writing(engine) as conn:
+        conn.execute(sa.insert(Action.__table__), {"at": at, "actor": "a", "action": "x", "details": {}})
+    with db.reading(engine) as conn:
+        stored = conn.execute(sa.select(Action.__table__.c.at)).scalar_one()
+    assert stored == at and stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
+    assert stored.astimezone(UTC).hour == 1
+    with pytest.raises(sa.exc.StatementError, match="naive"), db.writing(engine) as conn:
+        conn.execute(
+            sa.insert(Action.__table__), {"at": datetime(2011, 8, 31, 9), "actor": "a", "action": "x"}
+        )
+
+
+def test_cli_db_current_reports_revision(workdir, cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0
+    result = cli("db", "current", "--json")
+    assert result.code == 0
+    info = result.json()
+    assert info["current"] == info["head"] == "0001"
+
+
+def test_unknown_command_is_a_usage_error_without_traceback(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("no-such-command")
+    assert result.code == 2
+    assert "Traceback" not in result.err + result.out
