@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     twilio_base_url: str | None = None
     webhook_base_url: str | None = None
 
+    # --- delivery engine settings (issue 3) go below this line ---
+
+
+    # --- scheduler daemon settings (issue 4) go below this line ---
+
+
+    # --- audit and console settings (issue 5) go below this line ---
+
+
+    # --- end of settings ---
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

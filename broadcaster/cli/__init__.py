@@ -23,7 +23,7 @@ app = typer.Typer(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    actor: str = typer.Option(None, "--actor", help="Who is acting (recorded in the trail); default: OS user."),
+    actor: str = typer.Option(None, "--actor", help="Who is acting (for the trail); default: OS user."),
 ) -> None:
     ctx.obj = AppContext(actor_override=actor)
 

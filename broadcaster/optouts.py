@@ -1,0 +1,72 @@
+"""Opt-outs, keyed by E.164 phone. Every change is recorded in the action trail with its source
+(operator, import, STOP reply, provider 21610)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from broadcaster.models import OptOut
+from broadcaster.trail import record_action
+
+optouts_t = OptOut.__table__
+
+SOURCES = ("operator", "import", "reply", "provider")
+
+
+def add_optout(
+    conn: Connection,
+    phone: str,
+    *,
+    source: str,
+    at: datetime,
+    actor: str,
+    reason: str | None = None,
+) -> bool:
+    """Record an opt-out; returns False if the number was already opted out (nothing changes)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown opt-out source {source!r}")
+    exists = conn.execute(sa.select(optouts_t.c.id).where(optouts_t.c.phone == phone)).first()
+    if exists:
+        return False
+    conn.execute(
+        sa.insert(optouts_t),
+        {"phone": phone, "source": source, "reason": reason, "actor": actor, "created_at": at},
+    )
+    record_action(
+        conn,
+        at=at,
+        actor=actor,
+        action="optout.added",
+        details={"phone": phone, "source": source, "reason": reason},
+    )
+    return True
+
+
+def remove_optout(
+    conn: Connection, phone: str, *, source: str, at: datetime, actor: str, reason: str | None = None
+) -> bool:
+    """Lift an opt-out; returns False if the number was not opted out."""
+    result = conn.execute(sa.delete(optouts_t).where(optouts_t.c.phone == phone))
+    if result.rowcount == 0:
+        return False
+    record_action(
+        conn,
+        at=at,
+        actor=actor,
+        action="optout.removed",
+        details={"phone": phone, "source": source, "reason": reason},
+    )
+    return True
+
+
+def is_opted_out(conn: Connection, phone: str) -> bool:
+    return conn.execute(sa.select(optouts_t.c.id).where(optouts_t.c.phone == phone)).first() is not None
+
+
+def list_optouts(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(optouts_t).order_by(optouts_t.c.created_at, optouts_t.c.id)).mappings()
+    return [dict(r) for r in rows]

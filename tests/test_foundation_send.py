@@ -1,0 +1,53 @@
+"""A run end to end through the package API: lists, opt-outs, materialisation, dispatch, log."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from broadcaster import db
+from broadcaster.clock import ManualClock
+from broadcaster.dispatch import Dispatcher
+from broadcaster.models import ListMember, Message, Recipient, RecipientList
+from broadcaster.optouts import add_optout
+from broadcaster.providers.log import LogProvider
+from broadcaster.runs import counts_by_status, create_run, materialise
+from broadcaster.templating import TemplateStore
+
+
+def _seed(engine: sa.Engine, now: datetime) -> None:
+    with db.writing(engine) as conn:
+        conn.execute(sa.insert(RecipientList.__table__), [{"id": 1, "name": "a", "created_at": now},
+                                                          {"id": 2, "name": "b", "created_at": now}])
+        conn.execute(sa.insert(Recipient.__table__), [
+            {"id": i, "phone": f"+861380013800{i}", "name": f"n{i}", "attributes": {"city": "京"},
+             "created_at": now, "updated_at": now} for i in range(1, 6)])
+        conn.execute(sa.insert(ListMember.__table__), [
+            {"list_id": 1, "recipient_id": i, "added_at": now} for i in (1, 2, 3)] + [
+            {"list_id": 2, "recipient_id": i, "added_at": now} for i in (3, 4, 5)])
+        add_optout(conn, "+8613800138004", source="operator", at=now, actor="t")
+
+
+def test_run_sends_each_recipient_once_and_suppresses_opt_outs(engine: sa.Engine, tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2011, 8, 31, 1, 0, tzinfo=UTC))
+    _seed(engine, clock.now())
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "hello.j2").write_text("【质量月】{{ name }}，{{ send_date | cn_date }}。\n", encoding="utf-8")
+    store = TemplateStore(tmp_path / "t")
+    ref = create_run(engine, template="hello", list_names=["a", "b"], variables={}, clock=clock,
+                     actor="t", timezone="Asia/Shanghai", store=store)
+    assert materialise(engine, ref.id, store=store, clock=clock) == 5  # recipient 3 is in both lists
+    assert materialise(engine, ref.id, store=store, clock=clock) == 5  # idempotent
+    provider = LogProvider(tmp_path / "sent.jsonl", clock)
+    stats = Dispatcher(engine, provider, clock).run_until_idle()
+    assert stats.sent == 4
+    with db.reading(engine) as conn:
+        assert counts_by_status(conn, ref.id) == {"sent": 4, "suppressed": 1}
+        bodies = conn.execute(sa.select(Message.__table__.c.body)).scalars().all()
+    assert "【质量月】n1，2011年8月31日。" in bodies
+    lines = [json.loads(x) for x in (tmp_path / "sent.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(x["to"] for x in lines) == [f"+861380013800{i}" for i in (1, 2, 3, 5)]
+    assert Dispatcher(engine, provider, clock).run_until_idle().claimed == 0
