@@ -118,8 +118,10 @@ def create_run(
             "created_at": now,
         }
         if job_id is not None:
-            stmt = _insert_ignore(conn, runs_t).values(**values).on_conflict_do_nothing(
-                index_elements=["job_id", "scheduled_for"]
+            stmt = (
+                _insert_ignore(conn, runs_t)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["job_id", "scheduled_for"])
             )
             result = conn.execute(stmt)
             created = result.rowcount == 1

@@ -52,12 +52,9 @@ class Settings(BaseSettings):
 
     # --- delivery engine settings (issue 3) go below this line ---
 
-
     # --- scheduler daemon settings (issue 4) go below this line ---
 
-
     # --- audit and console settings (issue 5) go below this line ---
-
 
     # --- end of settings ---
 

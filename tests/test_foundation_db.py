@@ -15,8 +15,17 @@ def test_fresh_database_is_upgraded_to_head_on_first_use(db_url: str) -> None:
     engine = db.open_database(db_url)
     assert db.current_revision(engine) == db.head_revision(engine)
     names = set(sa.inspect(engine).get_table_names())
-    assert {"recipients", "lists", "list_members", "optouts", "import_batches", "runs", "messages",
-            "message_events", "actions"} <= names
+    assert {
+        "recipients",
+        "lists",
+        "list_members",
+        "optouts",
+        "import_batches",
+        "runs",
+        "messages",
+        "message_events",
+        "actions",
+    } <= names
 
 
 def test_times_come_back_aware_in_utc_and_naive_times_are_refused(engine: sa.Engine) -> None:

@@ -20,14 +20,29 @@ from broadcaster.templating import TemplateStore
 
 def _seed(engine: sa.Engine, now: datetime) -> None:
     with db.writing(engine) as conn:
-        conn.execute(sa.insert(RecipientList.__table__), [{"id": 1, "name": "a", "created_at": now},
-                                                          {"id": 2, "name": "b", "created_at": now}])
-        conn.execute(sa.insert(Recipient.__table__), [
-            {"id": i, "phone": f"+861380013800{i}", "name": f"n{i}", "attributes": {"city": "京"},
-             "created_at": now, "updated_at": now} for i in range(1, 6)])
-        conn.execute(sa.insert(ListMember.__table__), [
-            {"list_id": 1, "recipient_id": i, "added_at": now} for i in (1, 2, 3)] + [
-            {"list_id": 2, "recipient_id": i, "added_at": now} for i in (3, 4, 5)])
+        conn.execute(
+            sa.insert(RecipientList.__table__),
+            [{"id": 1, "name": "a", "created_at": now}, {"id": 2, "name": "b", "created_at": now}],
+        )
+        conn.execute(
+            sa.insert(Recipient.__table__),
+            [
+                {
+                    "id": i,
+                    "phone": f"+861380013800{i}",
+                    "name": f"n{i}",
+                    "attributes": {"city": "京"},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(1, 6)
+            ],
+        )
+        conn.execute(
+            sa.insert(ListMember.__table__),
+            [{"list_id": 1, "recipient_id": i, "added_at": now} for i in (1, 2, 3)]
+            + [{"list_id": 2, "recipient_id": i, "added_at": now} for i in (3, 4, 5)],
+        )
         add_optout(conn, "+8613800138004", source="operator", at=now, actor="t")
 
 
@@ -35,10 +50,20 @@ def test_run_sends_each_recipient_once_and_suppresses_opt_outs(engine: sa.Engine
     clock = ManualClock(datetime(2011, 8, 31, 1, 0, tzinfo=UTC))
     _seed(engine, clock.now())
     (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "hello.j2").write_text("【质量月】{{ name }}，{{ send_date | cn_date }}。\n", encoding="utf-8")
+    (tmp_path / "t" / "hello.j2").write_text(
+        "【质量月】{{ name }}，{{ send_date | cn_date }}。\n", encoding="utf-8"
+    )
     store = TemplateStore(tmp_path / "t")
-    ref = create_run(engine, template="hello", list_names=["a", "b"], variables={}, clock=clock,
-                     actor="t", timezone="Asia/Shanghai", store=store)
+    ref = create_run(
+        engine,
+        template="hello",
+        list_names=["a", "b"],
+        variables={},
+        clock=clock,
+        actor="t",
+        timezone="Asia/Shanghai",
+        store=store,
+    )
     assert materialise(engine, ref.id, store=store, clock=clock) == 5  # recipient 3 is in both lists
     assert materialise(engine, ref.id, store=store, clock=clock) == 5  # idempotent
     provider = LogProvider(tmp_path / "sent.jsonl", clock)
