@@ -146,6 +146,7 @@ class Run(SQLModel, table=True):
     sender: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
     timezone: str = Field(default="Asia/Shanghai", sa_column=sa.Column(sa.String(64), nullable=False))
     priority: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))
+    quiet_hours: str | None = Field(default=None, sa_column=sa.Column(sa.String(20)))  # "21:00-08:00"
     status: str = Field(default=RUN_PENDING, sa_column=sa.Column(sa.String(20), nullable=False, index=True))
     intended: int = 0
     created_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))

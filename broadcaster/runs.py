@@ -87,6 +87,7 @@ def create_run(
     scheduled_for: datetime | None = None,
     sender: str | None = None,
     priority: int = 0,
+    quiet_hours: str | None = None,
     kind: str = "manual",
     extra_details: dict[str, Any] | None = None,
 ) -> RunRef:
@@ -112,6 +113,7 @@ def create_run(
             "sender": sender,
             "timezone": timezone,
             "priority": priority,
+            "quiet_hours": quiet_hours,
             "status": RUN_PENDING,
             "intended": 0,
             "created_by": actor,

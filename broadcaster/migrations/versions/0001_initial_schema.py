@@ -80,6 +80,7 @@ def upgrade() -> None:
         sa.Column("sender", sa.String(length=100), nullable=True),
         sa.Column("timezone", sa.String(length=64), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("quiet_hours", sa.String(length=20), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("intended", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
