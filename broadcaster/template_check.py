@@ -361,7 +361,7 @@ def _check_with_list(
         except TemplateError as exc:
             failures.setdefault(f"{_where(exc)}{exc.reason}", []).append(group)
             continue
-        _measure_into(result, body, group.example["phone"], note, f" (list {profile.name!r})")
+        _measure_into(result, body, group.example["phone"], note, f" for list {profile.name!r}")
     for reason, groups in failures.items():
         affected = sum(g.count for g in groups)
         result.add(

@@ -12,12 +12,10 @@ import typer
 
 from broadcaster import db
 from broadcaster.cli.common import (
-    EXIT_ERROR,
     EXIT_USAGE,
     AppContext,
     CliError,
     app_context,
-    err_console,
     parse_vars,
     print_json,
 )
@@ -52,7 +50,8 @@ def _out(text: str) -> None:
 
 
 def _note(text: str) -> None:
-    err_console.print(text, markup=False, highlight=False)
+    sys.stderr.write(text + "\n")  # one line, never wrapped
+    sys.stderr.flush()
 
 
 def _send_time(app: AppContext, value: str | None) -> datetime:
@@ -177,8 +176,9 @@ def check(
                 _out(f"  error: {e}")
             for w in r.warnings:
                 _out(f"  warning: {w}")
-    if not all(r.ok for r in results):
-        raise typer.Exit(EXIT_ERROR)
+    failed = [r.template for r in results if not r.ok]
+    if failed:
+        raise CliError(f"{len(failed)} of {len(results)} template(s) with errors: {', '.join(failed)}")
 
 
 @templates_app.command("render")
