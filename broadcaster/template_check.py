@@ -11,6 +11,7 @@ example phone number, and the segment count is the worst case of the list.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from broadcaster.models import ListMember, Recipient, RecipientList
 from broadcaster.segments import MAX_BODY_CHARACTERS, Measure, measure
 from broadcaster.slogans import SloganError
 from broadcaster.templating import (
-    RECIPIENT_FIELDS,
     RESERVED_NAMES,
     Template,
     TemplateError,
@@ -73,31 +73,60 @@ class ListProfile:
         return frozenset(out)
 
 
-def _present(value: Any) -> bool:
-    return value is not None and value != ""
+_WITH_NAME = frozenset({"name", "phone"})
+_WITHOUT_NAME = frozenset({"phone"})
+_PARSE_CACHE_MAX = 100_000
 
 
-def recipient_keys(recipient: Mapping[str, Any]) -> frozenset[str]:
-    attrs = recipient.get("attributes") or {}
-    keys = {k for k, v in attrs.items() if _present(v)}
-    keys.update(k for k in RECIPIENT_FIELDS if _present(recipient.get(k)))
-    return frozenset(keys)
+def _attributes(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(value, str):
+        return dict(json.loads(value) or {})
+    return dict(value or {})
 
 
-def group_recipients(rows: Iterable[Mapping[str, Any]]) -> tuple[int, list[RecipientGroup]]:
-    """(count, groups) of recipient mappings, grouped by the names they provide."""
-    best: dict[frozenset[str], tuple[int, int, dict[str, Any]]] = {}
+def _attribute_profile(attributes: Mapping[str, Any]) -> tuple[frozenset[str], int]:
+    present = {k: v for k, v in attributes.items() if v is not None and v != ""}
+    return frozenset(present), sum(len(str(v)) for v in present.values())
+
+
+def group_recipients(
+    rows: Iterable[tuple[str, str | None, str | Mapping[str, Any] | None]],
+) -> tuple[int, list[RecipientGroup]]:
+    """(count, groups) of (phone, name, attributes) rows, grouped by the names they provide.
+
+    ``attributes`` may be the JSON text: recipients often share the same attributes (a province,
+    a city), so each distinct text is parsed once.
+    """
+    best: dict[frozenset[str], list[Any]] = {}  # keys -> [count, weight, row]
+    parsed: dict[Any, tuple[frozenset[str], int]] = {}
     total = 0
     for row in rows:
         total += 1
-        rec = {"phone": row["phone"], "name": row["name"], "attributes": dict(row["attributes"] or {})}
-        keys = recipient_keys(rec)
-        weight = sum(len(str(v)) for v in rec["attributes"].values() if _present(v)) + len(rec["name"] or "")
-        count, top, example = best.get(keys, (0, -1, rec))
-        if weight > top:
-            top, example = weight, rec
-        best[keys] = (count + 1, top, example)
-    groups = [RecipientGroup(k, c, e) for k, (c, _, e) in best.items()]
+        _, name, attributes = row
+        if isinstance(attributes, str) or attributes is None:
+            profile = parsed.get(attributes)
+            if profile is None:
+                profile = _attribute_profile(_attributes(attributes))
+                if len(parsed) < _PARSE_CACHE_MAX:
+                    parsed[attributes] = profile
+        else:
+            profile = _attribute_profile(attributes)
+        keys, weight = profile
+        if name:
+            keys, weight = keys | _WITH_NAME, weight + len(name)
+        else:
+            keys = keys | _WITHOUT_NAME
+        entry = best.get(keys)
+        if entry is None:
+            best[keys] = [1, weight, row]
+        else:
+            entry[0] += 1
+            if weight > entry[1]:
+                entry[1], entry[2] = weight, row
+    groups = [
+        RecipientGroup(keys, count, {"phone": row[0], "name": row[1], "attributes": _attributes(row[2])})
+        for keys, (count, _, row) in best.items()
+    ]
     groups.sort(key=lambda g: (-g.count, sorted(g.keys)))
     return total, groups
 
@@ -114,13 +143,13 @@ def require_list(conn: Connection, list_name: str) -> int:
 def profile_list(conn: Connection, list_name: str) -> ListProfile:
     """Group the members of ``list_name``; one streaming pass over its recipients."""
     list_id = require_list(conn, list_name)
-    rows = conn.execution_options(yield_per=2000).execute(
-        sa.select(recipients_t.c.phone, recipients_t.c.name, recipients_t.c.attributes)
+    rows = conn.execution_options(yield_per=5000).execute(
+        sa.select(recipients_t.c.phone, recipients_t.c.name, sa.cast(recipients_t.c.attributes, sa.Text))
         .join(members_t, members_t.c.recipient_id == recipients_t.c.id)
         .where(members_t.c.list_id == list_id)
-        .order_by(recipients_t.c.id)
+        .order_by(members_t.c.recipient_id)  # the primary key's order: deterministic examples, no sort
     )
-    total, groups = group_recipients(r._mapping for r in rows)
+    total, groups = group_recipients(rows)  # type: ignore[arg-type]  (Row unpacks like a tuple)
     return ListProfile(list_name, total, tuple(groups))
 
 
