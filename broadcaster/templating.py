@@ -206,7 +206,13 @@ class TemplateStore:
     def load(self, name: str) -> Template:
         """Read, check and compile ``NAME.j2``; a syntax error names the file and the line."""
         path = self.path(name)
-        if not _NAME_RE.match(name) or not path.is_file():
+        if not _NAME_RE.match(name):
+            raise TemplateError(
+                f"template name {name!r} is not valid: letters, digits, '_', '.', '-' "
+                "(first a letter or digit)",
+                template=name,
+            )
+        if not path.is_file():
             known = ", ".join(self.names()) or "none"
             raise TemplateError(
                 f"template {name!r} not found in {self.folder} (known: {known})", template=name, path=path

@@ -118,7 +118,7 @@ def test_unknown_template_lists_the_known_ones(folder: Path) -> None:
     (folder / "hello.j2").write_text("hi", encoding="utf-8")
     with pytest.raises(TemplateError, match=r"'nope' not found .*known: hello"):
         TemplateStore(folder).load("nope")
-    with pytest.raises(TemplateError, match="not found"):
+    with pytest.raises(TemplateError, match="not valid"):
         TemplateStore(folder).load("../templates/hello")
 
 
