@@ -55,3 +55,9 @@ def test_unknown_command_is_a_usage_error_without_traceback(cli) -> None:  # typ
     result = cli("no-such-command")
     assert result.code == 2
     assert "Traceback" not in result.err + result.out
+
+
+def test_exit_code_of_a_command_reaches_the_shell(workdir, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("templates", "render", "no-such-template")
+    assert result.code == 1
+    assert result.err.count("\n") == 1 and "no-such-template" in result.err

@@ -44,7 +44,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code; errors become one line on stderr."""
     try:
-        app(args=argv, prog_name="broadcaster", standalone_mode=False)
+        rc = app(args=argv, prog_name="broadcaster", standalone_mode=False)
     except typer.Abort:
         err_console.print("aborted")
         return EXIT_ERROR
@@ -64,7 +64,7 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
         return EXIT_ERROR
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def main() -> None:

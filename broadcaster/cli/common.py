@@ -27,7 +27,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class CliError(Exception):
