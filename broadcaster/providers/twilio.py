@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
+from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -212,7 +213,7 @@ class TwilioProvider:
         self.validity_period = validity_period
         self.lookup_skew = lookup_skew
         self.clock = clock or SystemClock()
-        self._secret = auth_token
+        self._secret = SecretStr(auth_token)  # for scrubbing; a SecretStr even in vars() dumps
         self.http = EndpointHttpClient(
             base_url, pool_size=pool_size, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
@@ -272,7 +273,7 @@ class TwilioProvider:
         try:
             created = self._messages.create(**self.create_params(message))
         except Exception as exc:  # every failure is classified; none may escape unlabelled
-            error = classify(exc, secret=self._secret)
+            error = classify(exc, secret=self._secret.get_secret_value())
             log.warning("twilio send of message %s: %s", message.message_id, error.text)
             raise error from None  # the cause holds the prepared request and its Authorization header
         return Accepted(
@@ -305,7 +306,7 @@ class TwilioProvider:
         except ProviderError:
             raise
         except Exception as exc:
-            error = classify(exc, secret=self._secret)
+            error = classify(exc, secret=self._secret.get_secret_value())
             # A failed lookup proves nothing either way: the reconciler asks again later.
             raise ProviderError(
                 f"lookup failed: {error.text}",
