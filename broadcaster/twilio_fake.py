@@ -177,8 +177,6 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}: one of {', '.join(FAULT_KINDS)}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {self.endpoint!r}: one of {', '.join(ENDPOINTS)}")
-        if self.count is None and self.rate >= 1.0 and self.to is None:
-            pass  # every request: allowed, that is what "down" looks like
         if self.kind == "error" and not self.code:
             raise ValueError("fault kind 'error' needs a code (and optionally status)")
 

@@ -206,9 +206,18 @@ def test_control_api_rejects_bad_input(fake: FakeTwilioHandle) -> None:
 
 
 def test_spawned_fake_serves_the_sdk_with_latency() -> None:
-    with spawn_fake_twilio(latency_ms=100, extra_args=["--no-progress"]) as fake:
+    args = ["--no-progress", "--fail-number", "+8613800138009=failed:30005", "--duplicate-callbacks"]
+    with spawn_fake_twilio(latency_ms=100, extra_args=args) as fake:
         p = provider(fake)
         started = time.monotonic()
         p.send(Outbound(1, TO, "x"))
         assert time.monotonic() - started >= 0.1
         assert fake.received_count(TO) == 1 and fake.pid is not None
+        config = fake.configure()
+        assert config["fail_numbers"] == {"+8613800138009": "failed:30005"}
+        assert config["duplicate_callbacks"] is True and config["progress"] is False
+
+
+def test_fake_twilio_command_rejects_a_bad_fail_number(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("fake-twilio", "--port", "0", "--fail-number", "+8613800138009=delivered")
+    assert result.code == 2 and "--fail-number" in result.err and "Traceback" not in result.err

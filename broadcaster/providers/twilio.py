@@ -274,7 +274,7 @@ class TwilioProvider:
             created = self._messages.create(**self.create_params(message))
         except Exception as exc:  # every failure is classified; none may escape unlabelled
             error = classify(exc, secret=self._secret.get_secret_value())
-            log.warning("twilio send of message %s: %s", message.message_id, error.text)
+            log.info("twilio send of message %s: %s", message.message_id, error.text)
             raise error from None  # the cause holds the prepared request and its Authorization header
         return Accepted(
             provider_id=created.sid, status=created.status or "queued", segments=_int(created.num_segments)
