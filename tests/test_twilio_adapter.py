@@ -287,3 +287,15 @@ def test_make_provider_builds_the_adapter_and_names_missing_settings(monkeypatch
     monkeypatch.setenv("BROADCASTER_TWILIO_BASE_URL", "not a url")
     with pytest.raises(ProviderConfigError, match="BROADCASTER_TWILIO_BASE_URL"):
         make_provider(load_settings())
+
+
+def test_proxy_variables_are_honoured(fake: FakeTwilioHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read once at start-up rather than per request, but still obeyed (with NO_PROXY)."""
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    error = refusal(make(fake), TO)  # through the (dead) proxy: refused, so surely not sent
+    assert error.transient and not error.accepted_maybe
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    make(fake).send(Outbound(1, TO, "direct"))
+    assert fake.received_count(TO) == 1

@@ -12,6 +12,7 @@ The auth token is only handed to the SDK: it never appears in a log line, an err
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,6 +62,13 @@ class EndpointHttpClient(TwilioHttpClient):
         assert self.session is not None
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        # Proxy and CA-bundle variables are read once here, not scanned from os.environ twice per
+        # request (a third of the client's CPU per message); NO_PROXY is honoured for the target.
+        self.proxy = requests.utils.get_environ_proxies(base_url or "https://api.twilio.com")
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            self.session.verify = ca_bundle
+        self.session.trust_env = False
         self._base: tuple[str, str, str] | None = None
         if base_url:
             parts = urlsplit(base_url)
