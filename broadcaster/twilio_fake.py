@@ -755,12 +755,16 @@ def run_fake_twilio(**config: Any) -> Iterator[FakeTwilioHandle]:
 
 @contextmanager
 def spawn_fake_twilio(
-    *, latency_ms: float = 0.0, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    *,
+    latency_ms: float = 0.0,
+    extra_args: list[str] | None = None,
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+    auth_token: str = DEFAULT_AUTH_TOKEN,
 ) -> Iterator[FakeTwilioHandle]:
-    """Run the fake as ``python -m broadcaster fake-twilio --port 0`` (its own process and GIL)."""
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("TWILIO_ACCOUNT_SID", DEFAULT_ACCOUNT_SID)
-    child_env.setdefault("TWILIO_AUTH_TOKEN", DEFAULT_AUTH_TOKEN)
+    """Run the fake as ``python -m broadcaster fake-twilio --port 0`` (its own process and GIL).
+    Its credentials are the given ones, never real ones inherited from this environment."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "BROADCASTER_TWILIO_"))}
+    child_env.update(TWILIO_ACCOUNT_SID=account_sid, TWILIO_AUTH_TOKEN=auth_token)
     args = [
         sys.executable,
         "-m",
