@@ -299,3 +299,35 @@ def test_proxy_variables_are_honoured(fake: FakeTwilioHandle, monkeypatch: pytes
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     make(fake).send(Outbound(1, TO, "direct"))
     assert fake.received_count(TO) == 1
+
+
+def test_connection_dropped_after_sending_is_accepted_maybe() -> None:
+    """A server that reads the whole request, then hangs up without answering."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def drop_after_reading() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"Body=" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+
+    thread = threading.Thread(target=drop_after_reading, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        provider = TwilioProvider(
+            "AC" + "1" * 32, "tok", from_number="+1", base_url=f"http://127.0.0.1:{port}"
+        )
+        error = refusal(provider, TO)
+        assert error.accepted_maybe and not error.transient, error.text
+    finally:
+        thread.join(5)
+        listener.close()

@@ -101,7 +101,8 @@ class EndpointHttpClient(TwilioHttpClient):
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, its causes and the exceptions it wraps (requests wraps urllib3 wraps OSError)."""
+    """The exception, its explicit causes and the exceptions it wraps (requests wraps urllib3 wraps
+    OSError). Not ``__context__``: an unrelated error handled earlier must not decide the outcome."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -110,7 +111,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(cur))
         yield cur
-        for nxt in (cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args):
+        for nxt in (cur.__cause__, getattr(cur, "reason", None), *cur.args):
             if isinstance(nxt, BaseException):
                 todo.append(nxt)
 
@@ -119,13 +120,8 @@ def _never_connected(exc: BaseException) -> bool:
     """True when the TCP connection was never made, so not a byte of the request left this host."""
     import urllib3.exceptions as u3
 
-    for cur in _chain(exc):
-        if isinstance(
-            cur,
-            u3.NewConnectionError | u3.ConnectTimeoutError | ConnectionRefusedError | u3.NameResolutionError,
-        ):
-            return True
-    return False
+    # NewConnectionError (refused, unreachable, DNS: NameResolutionError) is a ConnectTimeoutError.
+    return any(isinstance(cur, u3.ConnectTimeoutError | ConnectionRefusedError) for cur in _chain(exc))
 
 
 def classify(exc: BaseException, *, secret: str | None = None) -> ProviderError:
