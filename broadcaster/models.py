@@ -221,3 +221,17 @@ class Action(SQLModel, table=True):
 
 def tables() -> dict[str, sa.Table]:
     return dict(SQLModel.metadata.tables)
+
+
+class InboundMessage(SQLModel, table=True):
+    """An SMS a recipient sent us (a reply), kept so audit staff can see what was asked and done."""
+
+    __tablename__ = "inbound_messages"
+    id: int | None = Field(default=None, primary_key=True)
+    sid: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    from_number: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, index=True))
+    to_number: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    received_at: datetime | None = _ts(nullable=False, index=True)
+    action: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))  # opt-out|opt-in|help|none
+    changed: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, default=False))

@@ -52,6 +52,25 @@ class Settings(BaseSettings):
 
     # --- delivery engine settings (issue 3) go below this line ---
 
+    # Twilio adapter, fake Twilio and webhooks (issue 3, Twilio part).
+    #: Seconds to open a connection to Twilio; a connect failure means the request surely was not sent.
+    twilio_connect_timeout: float = Field(default=5.0, gt=0)
+    #: Seconds to wait for Twilio's answer once the request is sent; past it the message may exist.
+    twilio_read_timeout: float = Field(default=20.0, gt=0)
+    #: HTTP connections kept open to Twilio: at least the number of sending threads.
+    twilio_pool_size: int = Field(default=64, ge=1)
+    #: Twilio's ValidityPeriod in seconds (1-36000): drop a message still queued after this long.
+    twilio_validity_period: int | None = Field(default=None, ge=1, le=36000)
+    #: Reconciliation looks for messages created this many seconds before the attempt started
+    #: (clock skew between this host and Twilio).
+    twilio_lookup_skew_seconds: float = Field(default=300.0, ge=0)
+    #: TwiML reply to HELP / INFO.
+    help_reply: str = (
+        "回复TD或退订停止接收本号码的短信，回复START恢复。Reply STOP to opt out, START to opt in."
+    )
+    #: TwiML reply confirming a Chinese opt-out word (退订/TD/T); Twilio answers STOP etc. itself.
+    optout_reply: str = "退订成功，您将不再收到本号码的短信。回复START恢复。"
+
     # --- scheduler daemon settings (issue 4) go below this line ---
 
     # --- audit and console settings (issue 5) go below this line ---

@@ -18,4 +18,10 @@ def make_provider(settings: Settings, clock: Clock | None = None) -> Provider:
         from broadcaster.providers.log import LogProvider
 
         return LogProvider(settings.log_provider_path, clock)
-    raise ProviderConfigError(f"unknown provider {settings.provider!r} (BROADCASTER_PROVIDER): known: log")
+    if settings.provider == "twilio":
+        from broadcaster.providers.twilio import TwilioProvider
+
+        return TwilioProvider.from_settings(settings, clock)
+    raise ProviderConfigError(
+        f"unknown provider {settings.provider!r} (BROADCASTER_PROVIDER): known: log, twilio"
+    )
