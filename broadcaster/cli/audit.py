@@ -107,7 +107,7 @@ def check(
         if result.pending_total > 20:
             typer.echo(f"  … {result.pending_total - 20} more pending (--json lists up to 1000)")
     if not result.ok:
-        raise typer.Exit(1)
+        raise CliError(f"run {run_id} is not complete: {result.issues_total} issue(s)")
 
 
 @audit_app.command("verify")
@@ -138,9 +138,11 @@ def verify(
             typer.echo(f"sealed {report.sealed_now} event(s) first")
         for p in report.problems:
             typer.echo(f"BROKEN: {p.table} {p.kind}: {p.message}")
-        typer.echo("OK: no entry changed, removed or inserted" if report.ok else "the record was altered")
+        if report.ok:
+            typer.echo("OK: no entry changed, removed or inserted")
     if not report.ok:
-        raise typer.Exit(1)
+        first = report.problems[0]
+        raise CliError(f"the record was altered: {first.message}")
 
 
 @audit_app.command("seal")
