@@ -12,7 +12,18 @@ from broadcaster import db
 from broadcaster.clock import ManualClock
 from broadcaster.dispatch import Dispatcher
 from broadcaster.events import record_events
-from broadcaster.models import DELIVERED, SENT, ListMember, Message, Recipient, RecipientList
+from broadcaster.models import (
+    CANCELLED,
+    DELIVERED,
+    QUEUED,
+    RUN_CANCELLED,
+    SENT,
+    ListMember,
+    Message,
+    Recipient,
+    RecipientList,
+    Run,
+)
 from broadcaster.optouts import add_optout
 from broadcaster.providers.base import Accepted, Outbound, ProviderError
 from broadcaster.providers.log import LogProvider
@@ -90,11 +101,12 @@ def seed_run(
     deliver: bool = True,
     names: dict[int, str] | None = None,
     campaign: str = "quality-month-2011",
+    template: str = TEMPLATE,
 ) -> Seeded:
     """One run over six recipients: sent (later delivered), suppressed, failed 21211, failed template."""
     clock = ManualClock(START)
     seed_people(engine, clock.now(), names)
-    store = write_template(tmp_path / "templates")
+    store = write_template(tmp_path / "templates", text=template)
     ref = create_run(
         engine,
         template="notice",
@@ -148,6 +160,63 @@ def deliver_sent(engine: sa.Engine, run_id: int, at: datetime) -> int:
             ],
         )
     return len(ids)
+
+
+def materialised_run(engine: sa.Engine, seeded: Seeded) -> int:
+    """A second run over the same list, materialised but not sent (status ready)."""
+    clock = seeded.clock
+    ref = create_run(
+        engine,
+        template="notice",
+        list_names=["public"],
+        variables={},
+        clock=clock,
+        actor="operator",
+        timezone="Asia/Shanghai",
+        store=seeded.store,
+        campaign_id="second",
+    )
+    clock.advance(timedelta(minutes=1))
+    materialise(engine, ref.id, store=seeded.store, clock=clock)
+    return ref.id
+
+
+def cancel_run(engine: sa.Engine, run_id: int, at: datetime, *, record: bool = True) -> None:
+    """What cancelling a run does: queued messages become cancelled, with the operator's action."""
+    messages_t, runs_t = Message.__table__, Run.__table__
+    with db.writing(engine) as conn:
+        ids = (
+            conn.execute(
+                sa.select(messages_t.c.id).where(messages_t.c.run_id == run_id, messages_t.c.status == QUEUED)
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            sa.update(messages_t)
+            .where(messages_t.c.id.in_(ids))
+            .values(status=CANCELLED, final_at=at, updated_at=at)
+        )
+        conn.execute(
+            sa.update(runs_t).where(runs_t.c.id == run_id).values(status=RUN_CANCELLED, finished_at=at)
+        )
+        record_events(
+            conn,
+            [
+                {
+                    "message_id": i,
+                    "run_id": run_id,
+                    "at": at,
+                    "from_status": QUEUED,
+                    "to_status": CANCELLED,
+                    "source": "operator",
+                    "detail": {"reason": "run cancelled"},
+                }
+                for i in ids
+            ],
+        )
+        if record:
+            record_action(conn, at=at, actor="operator", action="run.cancelled", run_id=run_id, details={})
 
 
 def add_actions(engine: sa.Engine, n: int, at: datetime) -> None:

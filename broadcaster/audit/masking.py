@@ -28,7 +28,7 @@ def _mask_digits(digits: str) -> str:
 
 def mask_phone(phone: str | None) -> str | None:
     """``+8613800138000`` -> ``+86 138****8000``; other countries keep their code and mask the
-    middle of the national number the same way. Anything unparseable keeps only its last 2 digits."""
+    middle of the national number the same way. Anything unparseable is masked on its digits alone."""
     if phone is None:
         return None
     try:
