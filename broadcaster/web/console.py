@@ -11,6 +11,7 @@ Run alone with ``broadcaster console serve``, or mount into another FastAPI app:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import tempfile
@@ -364,6 +365,8 @@ def console_router(console: Console) -> APIRouter:
         html = render_report_html(
             _report(run_id), generated_at=console.clock.now(), generated_by=session.user
         )
+        digest = hashlib.sha256(html.encode("utf-8")).hexdigest()
+        console.record(request, session, "audit.reported", {"run_id": run_id, "sha256": digest})
         return HTMLResponse(
             html,
             headers={
