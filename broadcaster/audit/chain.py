@@ -63,9 +63,12 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot hash a {type(value).__name__}")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_encode)
+
+
 def canonical_json(value: Any) -> str:
     """One spelling per value: sorted keys, no spaces, UTF-8 text, times as UTC ISO with µs."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_encode)
+    return _CANONICAL.encode(value)
 
 
 def entry_hash(table: str, row: Mapping[str, Any], prev_hash: str) -> str:
@@ -146,7 +149,23 @@ def chain_unchained_actions(conn: Connection) -> int:
 
 
 def _apply_chain_updates(conn: Connection, table: sa.Table, updates: list[dict[str, Any]]) -> None:
-    if updates:
+    if not updates:
+        return
+    if conn.dialect.name == "postgresql":  # one UPDATE … FROM unnest(arrays): far faster than executemany
+        conn.execute(
+            sa.text(
+                f"UPDATE {table.name} AS t SET chain_seq = v.seq, prev_hash = v.prev, hash = v.digest "
+                "FROM unnest(CAST(:ids AS integer[]), CAST(:seqs AS bigint[]), CAST(:prevs AS varchar[]), "
+                "CAST(:digests AS varchar[])) AS v(id, seq, prev, digest) WHERE t.id = v.id"
+            ),
+            {
+                "ids": [u["_id"] for u in updates],
+                "seqs": [u["_seq"] for u in updates],
+                "prevs": [u["_prev"] for u in updates],
+                "digests": [u["_hash"] for u in updates],
+            },
+        )
+    else:
         conn.execute(
             sa.update(table)
             .where(table.c.id == sa.bindparam("_id"))
