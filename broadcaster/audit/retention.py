@@ -189,8 +189,9 @@ def prune(
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     archive = Path(archive_dir) / f"audit-archive-before-{before.date()}-{stamp}.jsonl.gz"
     with db.writing(engine) as conn:
-        _pg_lock(conn, LOCK_ACTIONS)
+        # The order writers use (events, then an action), so that a prune cannot deadlock with them.
         _pg_lock(conn, LOCK_EVENTS)
+        _pg_lock(conn, LOCK_ACTIONS)
         start = chain_start(conn)
         cut_e, cut_a, pruned, kept = _plan(conn, before)
         result = PruneResult(before, None, None, kept_runs=kept)
