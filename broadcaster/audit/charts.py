@@ -94,7 +94,7 @@ def timeline_svg(
                 counts[i] = running
         values.append(counts)
     top = max(1, max(max(v) for v in values))
-    left, right, upper, lower = 56, 16, 34, 46
+    left, right, upper, lower = 56, 32, 48, 46
     plot_w, plot_h = width - left - right, height - upper - lower
     dx = plot_w / max(1, buckets - 1) if buckets > 1 else 0
 
@@ -136,11 +136,11 @@ def timeline_svg(
                     f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{s.color}">'
                     f"<title>{escape(label)}</title></circle>"
                 )
-    lx = left + 180
+    lx = left
     for s, counts in zip(series, values, strict=True):
         total = counts[-1] if cumulative else sum(counts)
-        parts.append(f'<rect x="{lx}" y="8" width="10" height="10" fill="{s.color}"/>')
-        parts.append(f'<text x="{lx + 14}" y="17">{escape(s.label)} ({total})</text>')
+        parts.append(f'<rect x="{lx}" y="26" width="10" height="10" fill="{s.color}"/>')
+        parts.append(f'<text x="{lx + 14}" y="35">{escape(s.label)} ({total})</text>')
         lx += 30 + 8 * len(s.label) + 8 * len(str(total))
     parts.append("</svg>")
     return "".join(parts)
