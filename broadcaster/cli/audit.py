@@ -587,7 +587,8 @@ def console_serve(
     bind_port = port or app.settings.console_port
     web = create_console_app(app.settings, app.engine, app.clock)
     typer.echo(f"audit console on http://{bind_host}:{bind_port}/ (Ctrl-C to stop)")
-    uvicorn.run(web, host=bind_host, port=bind_port, log_level="info", server_header=False)
+    # No access log: the URLs of searches carry their filters, phone numbers included.
+    uvicorn.run(web, host=bind_host, port=bind_port, log_level="info", server_header=False, access_log=False)
 
 
 def register(app: typer.Typer) -> None:
