@@ -1,4 +1,8 @@
-"""Message state changes and their append-only history, always written together."""
+"""Message state changes and their append-only history, always written together.
+
+Events are written unchained; the audit sealer chains them later in id order (see
+:mod:`broadcaster.audit.chain`). On PostgreSQL each call takes the shared side of the sealer's lock
+until commit, so that no event id can be committed behind a seal."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from broadcaster.audit.chain import lock_events_for_append
 from broadcaster.models import MessageEvent
 
 
@@ -27,5 +32,6 @@ def record_events(conn: Connection, events: Iterable[dict[str, Any]]) -> int:
         for e in events
     ]
     if rows:
+        lock_events_for_append(conn)
         conn.execute(insert(MessageEvent.__table__), rows)
     return len(rows)

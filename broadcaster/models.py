@@ -191,9 +191,22 @@ class Message(SQLModel, table=True):
 
 
 class MessageEvent(SQLModel, table=True):
-    """Append-only history of each message's changes of state."""
+    """Append-only history of each message's changes of state.
+
+    ``chain_seq``/``prev_hash``/``hash`` are NULL until the audit sealer chains the event
+    (broadcaster.audit.chain.seal_events); sealed events are chained in id order.
+    """
 
     __tablename__ = "message_events"
+    __table_args__ = (
+        sa.Index("ux_message_events_chain_seq", "chain_seq", unique=True),
+        sa.Index(
+            "ix_message_events_unsealed",
+            "id",
+            sqlite_where=sa.text("chain_seq IS NULL"),
+            postgresql_where=sa.text("chain_seq IS NULL"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(sa_column=sa.Column(sa.ForeignKey("messages.id"), nullable=False, index=True))
     run_id: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, index=True))
@@ -202,12 +215,17 @@ class MessageEvent(SQLModel, table=True):
     to_status: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
     source: str = Field(default="system", sa_column=sa.Column(sa.String(40), nullable=False))
     detail: dict[str, Any] = _json()
+    chain_seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    prev_hash: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    hash: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
 
 
 class Action(SQLModel, table=True):
-    """The action trail: who did what, from where. Append-only; hash-chained by the audit module."""
+    """The action trail: who did what, from where. Append-only; chained by hashes at insert time
+    (broadcaster.trail.record_action), in ``chain_seq`` order."""
 
     __tablename__ = "actions"
+    __table_args__ = (sa.Index("ux_actions_chain_seq", "chain_seq", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     at: datetime | None = _ts(nullable=False, index=True)
     actor: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
@@ -215,8 +233,44 @@ class Action(SQLModel, table=True):
     action: str = Field(sa_column=sa.Column(sa.String(60), nullable=False, index=True))
     run_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, index=True))
     details: dict[str, Any] = _json()
+    chain_seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
     prev_hash: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
     hash: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+
+
+# Console roles: auditors read with masked numbers; supervisors may also unmask and export.
+ROLE_AUDITOR = "auditor"
+ROLE_SUPERVISOR = "supervisor"
+ROLES = (ROLE_AUDITOR, ROLE_SUPERVISOR)
+
+
+class ConsoleUser(SQLModel, table=True):
+    """An account of the audit console; the password is stored as a salted scrypt hash only."""
+
+    __tablename__ = "console_users"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(100), nullable=False, unique=True))
+    role: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    password_hash: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    created_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    created_at: datetime | None = _ts(nullable=False)
+    last_login_at: datetime | None = _ts()
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A login. Only the sha256 of the cookie token is stored, so a database reader cannot log in."""
+
+    __tablename__ = "console_sessions"
+    id: int | None = Field(default=None, primary_key=True)
+    token_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    user_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("console_users.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    csrf_token: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    client: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    created_at: datetime | None = _ts(nullable=False)
+    last_seen_at: datetime | None = _ts(nullable=False)
+    expires_at: datetime | None = _ts(nullable=False, index=True)
 
 
 def tables() -> dict[str, sa.Table]:

@@ -90,8 +90,12 @@ def create_run(
     quiet_hours: str | None = None,
     kind: str = "manual",
     extra_details: dict[str, Any] | None = None,
+    schedules_sha256: dict[str, str] | None = None,
 ) -> RunRef:
-    """Insert the run, or find the existing one for (job_id, scheduled_for)."""
+    """Insert the run, or find the existing one for (job_id, scheduled_for).
+
+    The ``run.created`` action records what was in force: the template's sha256 and, for scheduled
+    runs, ``schedules_sha256`` ({schedule file or job: sha256 of its content})."""
     if not list_names:
         raise RunError("a run needs at least one recipient list")
     if (job_id is None) != (scheduled_for is None):
@@ -124,9 +128,10 @@ def create_run(
                 _insert_ignore(conn, runs_t)
                 .values(**values)
                 .on_conflict_do_nothing(index_elements=["job_id", "scheduled_for"])
+                .returning(runs_t.c.id)
             )
-            result = conn.execute(stmt)
-            created = result.rowcount == 1
+            # RETURNING, not rowcount: SQLAlchemy 2.1 with psycopg reports rowcount -1 for INSERT
+            created = conn.execute(stmt).first() is not None
             run_id = conn.execute(
                 sa.select(runs_t.c.id).where(
                     runs_t.c.job_id == job_id, runs_t.c.scheduled_for == scheduled_for
@@ -149,6 +154,7 @@ def create_run(
                     "variables": variables,
                     "job_id": job_id,
                     "scheduled_for": scheduled_for.isoformat() if scheduled_for else None,
+                    **({"schedules_sha256": schedules_sha256} if schedules_sha256 else {}),
                     **(extra_details or {}),
                 },
             )

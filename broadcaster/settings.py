@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     # --- scheduler daemon settings (issue 4) go below this line ---
 
     # --- audit and console settings (issue 5) go below this line ---
+    # Records younger than this are never pruned; `audit prune` defaults to this cut-off.
+    audit_retention_days: int = Field(default=730, ge=1)
+    # Where `audit prune` writes its archive files (default: VAR_DIR/archive).
+    audit_archive_dir: Path | None = None
+    # Unsealed message events are chained in batches of this many rows per transaction.
+    audit_seal_batch: int = Field(default=5000, ge=1)
+    # For the estimated cost in reports: price of one SMS segment, and its currency.
+    cost_per_segment: float = Field(default=0.05, ge=0)
+    cost_currency: str = "CNY"
+    # Audit console: bind address, session lifetime (absolute) and idle timeout, cookie flags.
+    console_host: str = "127.0.0.1"
+    console_port: int = 8470
+    console_session_minutes: int = Field(default=480, ge=1)
+    console_idle_minutes: int = Field(default=60, ge=1)
+    console_secure_cookies: bool = False  # set true when the console is served over HTTPS
 
     # --- end of settings ---
 

@@ -1,5 +1,9 @@
 """The action trail: who did what, from where. Every operator and system action goes through
-:func:`record_action`, inside the same transaction as the change it describes."""
+:func:`record_action`, inside the same transaction as the change it describes.
+
+Each action is chained by hashes as it is written (see :mod:`broadcaster.audit.chain`). On
+PostgreSQL this takes a transaction-scoped lock on the trail until commit, so call it late in a long
+transaction rather than early."""
 
 from __future__ import annotations
 
@@ -9,10 +13,9 @@ import socket
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
-from broadcaster.models import Action
+from broadcaster.audit.chain import append_action
 
 
 def current_actor(explicit: str | None = None) -> str:
@@ -41,9 +44,10 @@ def record_action(
     details: dict[str, Any] | None = None,
     run_id: int | None = None,
     host: str | None = None,
-) -> None:
-    conn.execute(
-        insert(Action.__table__),
+) -> int:
+    """Append one action to the chained trail; returns its id."""
+    return append_action(
+        conn,
         {
             "at": at,
             "actor": actor,
