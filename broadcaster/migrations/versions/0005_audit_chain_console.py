@@ -1,14 +1,14 @@
 """audit: hash chain columns on message_events and actions, console users and sessions
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0001"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
