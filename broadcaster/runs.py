@@ -124,9 +124,10 @@ def create_run(
                 _insert_ignore(conn, runs_t)
                 .values(**values)
                 .on_conflict_do_nothing(index_elements=["job_id", "scheduled_for"])
+                .returning(runs_t.c.id)
             )
-            result = conn.execute(stmt)
-            created = result.rowcount == 1
+            # (rowcount is -1 on PostgreSQL here: the RETURNING row says whether it was inserted)
+            created = conn.execute(stmt).first() is not None
             run_id = conn.execute(
                 sa.select(runs_t.c.id).where(
                     runs_t.c.job_id == job_id, runs_t.c.scheduled_for == scheduled_for

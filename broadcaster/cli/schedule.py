@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from broadcaster.cli.common import EXIT_USAGE, AppContext, CliError, app_context, err_console, print_json
+from broadcaster.cli.common import EXIT_USAGE, AppContext, CliError, app_context, print_json
 from broadcaster.clock import Clock
 
 schedule_app = typer.Typer(help="Scheduled campaigns: schedules/*.toml.", no_args_is_help=True)
@@ -42,7 +42,7 @@ def _catalog(actx: AppContext):  # type: ignore[no-untyped-def]
 
 def _warn_issues(catalog) -> None:  # type: ignore[no-untyped-def]
     for issue in catalog.issues:
-        err_console.print(f"error: {issue}", markup=False, highlight=False)
+        typer.echo(f"error: {issue}", err=True)
 
 
 def _parse_when(value: str, zone: ZoneInfo, *, end_of_day: bool = False, option: str) -> datetime:
@@ -87,7 +87,7 @@ def check(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> 
             typer.echo(f"ok    {entry.file}: campaign {entry.campaign_id}, {len(entry.jobs)} job(s)")
         _warn_issues(catalog)
     if catalog.issues:
-        raise typer.Exit(1)
+        raise CliError(f"{len(catalog.issues)} problem(s) in the campaign files")
 
 
 @schedule_app.command("list")
@@ -244,7 +244,7 @@ def simulate_cmd(
         f"{totals['missed']} missed" + (f"; scratch folder kept: {folder}" if keep else "")
     )
     for error in sim.errors:
-        err_console.print(f"error: {error}", markup=False, highlight=False)
+        typer.echo(f"error: {error}", err=True)
 
 
 def daemon(
@@ -258,7 +258,7 @@ def daemon(
     once: bool = typer.Option(False, "--once", help="One planning pass (catch-up included), then exit."),
 ) -> None:
     """Run the scheduler: fire every job at its time, catch up after downtime, never twice."""
-    from broadcaster.scheduling.daemon import Daemon
+    from broadcaster.scheduling.daemon import EXIT_LOST_LOCK, Daemon
     from broadcaster.scheduling.logs import configure
 
     actx = app_context(ctx)
@@ -293,7 +293,9 @@ def daemon(
             f"{len(report.runs)} run(s), {len(report.missed)} missed, {len(report.errors)} error(s); "
             f"next fire {report.next_wake.isoformat() if report.next_wake else 'none'}"
         )
-        raise typer.Exit(1 if report.errors else 0)
+        if report.errors:
+            raise CliError(f"{len(report.errors)} fire(s) failed: {report.errors[0]}")
+        return
     handlers = {
         signal.SIGTERM: lambda *_: d.request_stop(),
         signal.SIGINT: lambda *_: d.request_stop(),
@@ -305,7 +307,8 @@ def daemon(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    raise typer.Exit(code)
+    if code == EXIT_LOST_LOCK:
+        raise CliError("lost the leader lock (database connection gone?); exiting", exit_code=code)
 
 
 def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:

@@ -203,12 +203,13 @@ def record_missed(
                     note=reason,
                 )
                 .on_conflict_do_nothing(index_elements=["job_id", "scheduled_for"])
-            )
+                .returning(runs_t.c.id)
+            ).first()
             row = find_run(conn, job.key, at)
             assert row is not None
             if row["status"] != RUN_MISSED:  # another daemon created the run meanwhile
                 return Outcome("existing", job.key, at, row["id"], intended=row["intended"])
-            if inserted.rowcount != 1:  # another daemon recorded the same miss meanwhile
+            if inserted is None:  # another daemon recorded the same miss meanwhile
                 return Outcome("missed", job.key, at, row["id"], reason=reason)
             run_id = row["id"]
         record_action(conn, at=now, actor=actor, action="schedule.missed", run_id=run_id, details=details)
