@@ -178,7 +178,7 @@ class Daemon:
         return catalog
 
     def _fired(self, job_key: str) -> None:
-        emit(self.log, "apscheduler.wake", logging.DEBUG, job=job_key)
+        emit(self.log, "apscheduler.fire", job=job_key)
         self._wake.set()
 
     def _sync_apscheduler(self) -> None:
@@ -306,8 +306,12 @@ class Daemon:
     def _main_loop(self) -> int:
         heartbeat = timedelta(seconds=self.settings.daemon_heartbeat_seconds)
         retry = timedelta(seconds=self.settings.daemon_retry_seconds)
-        next_tick = self.clock.now()  # plan at once on start: the catch-up after downtime
+        # With APScheduler on, it fires each job on time; the loop's own timer is the safety net,
+        # a second later. Without it (rehearsal clock), the timer fires on time.
+        slack = timedelta(seconds=1) if self._scheduler is not None else timedelta(0)
+        next_tick = self.clock.now()
         next_beat = self.clock.now() + heartbeat
+        self._wake.set()  # plan at once on start: the catch-up after downtime
         while not self._stop.is_set():
             woken = self._wake.is_set()
             self._wake.clear()
@@ -337,7 +341,7 @@ class Daemon:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                 next_beat = now + heartbeat
-            if woken or now >= next_tick:
+            if woken or now >= next_tick + slack:
                 try:
                     report = self.runner.tick()
                     next_tick = report.next_wake or now + timedelta(days=1)
@@ -347,7 +351,7 @@ class Daemon:
                 if next_tick > now:
                     emit(self.log, "schedule.next", logging.DEBUG, at=next_tick)
             now = self.clock.now()
-            timeout = min(next_tick, next_beat) - now
+            timeout = min(next_tick + slack, next_beat) - now
             self._wake.wait(max(0.0, min(timeout.total_seconds(), heartbeat.total_seconds())))
         return 0
 
