@@ -212,7 +212,9 @@ def simulate_cmd(
         source = db.make_engine(url)
     folder = Path(tempfile.mkdtemp(prefix="broadcaster-simulation-"))
     try:
-        sim = simulate(catalog, actx.templates(), source=source, start=t0, until=t1, folder=folder)
+        sim = simulate(
+            catalog, actx.templates(), source=source, start=t0, until=t1, folder=folder, settings=settings
+        )
     finally:
         if source is not None:
             source.dispose()
@@ -278,12 +280,11 @@ def daemon(
             d.load()
             report = d.runner.tick()
             if d.dispatch == "inline" and report.runs:
-                from broadcaster.dispatch import Dispatcher
                 from broadcaster.providers import make_provider
+                from broadcaster.scheduling.dispatching import make_dispatcher
 
-                dispatcher = Dispatcher(
-                    engine, make_provider(settings, clock), clock, worker_id=f"daemon:{d.id}"
-                )
+                provider = make_provider(settings, clock)
+                dispatcher = make_dispatcher(engine, provider, clock, settings, worker_id=f"daemon:{d.id}")
                 for outcome in report.runs:
                     if outcome.run_id is not None:
                         dispatcher.run_until_idle(outcome.run_id)

@@ -223,11 +223,13 @@ class Daemon:
                 self.request_reload()
 
     def _dispatch_loop(self) -> None:
-        from broadcaster.dispatch import Dispatcher
         from broadcaster.providers import make_provider
+        from broadcaster.scheduling.dispatching import make_dispatcher
 
         provider = make_provider(self.settings, self.clock)
-        dispatcher = Dispatcher(self.engine, provider, self.clock, worker_id=f"daemon:{self.id}")
+        dispatcher = make_dispatcher(
+            self.engine, provider, self.clock, self.settings, worker_id=f"daemon:{self.id}"
+        )
         while not self._dispatch_stop.is_set():
             try:
                 stats = dispatcher.run_forever(self._dispatch_stop, poll=1.0)

@@ -25,8 +25,10 @@ from broadcaster.models import RUN_MISSED, ListMember, Message, OptOut, Recipien
 from broadcaster.providers.log import LogProvider
 from broadcaster.runs import counts_by_status
 from broadcaster.scheduling.catalog import Catalog
+from broadcaster.scheduling.dispatching import make_dispatcher
 from broadcaster.scheduling.ledger import advance_watermark
 from broadcaster.scheduling.runner import ScheduleRunner
+from broadcaster.settings import Settings
 from broadcaster.templating import TemplateStore
 
 PAGE = 5000
@@ -120,6 +122,7 @@ def simulate(
     start: datetime,
     until: datetime,
     folder: Path,
+    settings: Settings | None = None,
 ) -> Simulation:
     """Every occurrence in [start, until] of every enabled job, in order, sent to a log file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +142,12 @@ def simulate(
         with db.writing(engine) as conn:  # as if a daemon had been running since `start`
             for job in jobs:
                 advance_watermark(conn, job.key, start - _TICK, now=start, by="simulation")
-        dispatcher = Dispatcher(engine, LogProvider(sim.log_file, clock), clock, worker_id="simulation")
+        provider = LogProvider(sim.log_file, clock)
+        dispatcher = (
+            make_dispatcher(engine, provider, clock, settings, worker_id="simulation")
+            if settings is not None
+            else Dispatcher(engine, provider, clock, worker_id="simulation")
+        )
         errors: dict[str, None] = {}
         while True:
             report = runner.tick()
