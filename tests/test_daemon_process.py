@@ -22,9 +22,11 @@ import sqlalchemy as sa
 from broadcaster import db
 from broadcaster.clock import ManualClock
 from broadcaster.models import DaemonHeartbeat
+from broadcaster.scheduling.status import gather
 from tests.conftest import subprocess_env
 from tests.scheduler_helpers import (
     actions,
+    catalog_of,
     make_runner,
     messages,
     phones,
@@ -174,21 +176,12 @@ def test_standby_takes_over_when_the_active_daemon_dies(daemons: Daemons) -> Non
     active.wait(10)
     wait_for("the takeover", lambda: heartbeats(engine).get(standby.pid) == "active")
     wait_for("the catch-up run", lambda: len(sent_log(daemons.log)) == 3)
-    status = subprocess.run(
-        [sys.executable, "-m", "broadcaster", "status", "--json"],
-        env=subprocess_env(
-            BROADCASTER_DATABASE_URL=daemons.db_url,
-            BROADCASTER_SCHEDULES_DIR=str(daemons.schedules),
-            BROADCASTER_TEMPLATES_DIR=str(daemons.templates),
-            BROADCASTER_DAEMON_HEARTBEAT_SECONDS="0.2",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert status.returncode == 0, status.stderr
-    info = json.loads(status.stdout)
+    hb = DaemonHeartbeat.__table__
+    with db.reading(engine) as conn:  # "now" on the daemons' rehearsal clock
+        now = conn.execute(sa.select(sa.func.max(hb.c.beat_at))).scalar_one()
+    info = gather(engine, catalog_of(daemons.schedules, daemons.templates), now, heartbeat_seconds=0.2)
     assert info["daemon"]["pid"] == standby.pid and info["daemon"]["role"] == "active"
+    assert info["daemon"]["alive"] and info["standby"] == []
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(20) == 0
     (run,) = runs(engine)
