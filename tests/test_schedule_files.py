@@ -221,7 +221,7 @@ def test_cli_check_list_and_preview(env, cli) -> None:  # type: ignore[no-untype
     general = [s.strip() for s in general if s.strip()]
     assert [f["at_local"][:16] for f in fires] == [f"2011-09-{d:02d}T09:00" for d in range(1, 13)]
     assert [f["slogan"] for f in fires] == general + general[:2]
-    assert fires[0]["body"] == f"【质量月】{general[0]} 回TD退订"
+    assert fires[0]["body"] == f"【国家质检总局】{general[0]} 回TD退订"
     assert fires[0]["encoding"] == "UCS-2" and fires[0]["segments"] == 1
 
     text = cli("schedule", "preview", "quality-month-2011:food-lab-open-day", "--from", "2011-09-01")

@@ -356,3 +356,40 @@ def test_a_failing_fire_is_retried_within_grace_then_recorded_missed(engine: sa.
     assert [o.kind for o in report.outcomes] == ["missed"]
     (row,) = runs(engine)
     assert row["status"] == "missed" and "unknown list(s): public" in row["note"]
+
+
+def test_a_change_under_schedules_reloads_a_running_daemon(sqlite_url: str, folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    schedules, templates = folders
+    schedules.mkdir()
+    engine = db.open_database(sqlite_url)
+    settings = load_settings(
+        schedules_dir=schedules,
+        templates_dir=templates,
+        var_dir=tmp_path / "var",
+        daemon_reload_poll_seconds=0.05,
+        daemon_heartbeat_seconds=0.05,
+        daemon_dispatch="workers",
+    )
+    daemon = Daemon(settings, engine)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.role != "active" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.role == "active" and daemon.catalog.jobs == {}
+        daily(folders)  # no SIGHUP: the watcher sees the new file
+        while "c:daily" not in daemon.catalog.jobs and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "c:daily" in daemon.catalog.jobs
+        (templates / "hello.j2").write_text("{{ nope", encoding="utf-8")  # a broken template
+        while not daemon.catalog.issues and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "c:daily" in daemon.catalog.jobs  # the last good version is kept
+        assert any(i.field == "template" for i in daemon.catalog.issues)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [a["details"]["daemon"] for a in actions(engine, "daemon.stopped")] == [daemon.id]
+    engine.dispose()
