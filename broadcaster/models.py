@@ -289,3 +289,31 @@ class InboundMessage(SQLModel, table=True):
     received_at: datetime | None = _ts(nullable=False, index=True)
     action: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))  # opt-out|opt-in|help|none
     changed: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, default=False))
+
+
+# --- scheduler daemon (issue 4) ---
+
+
+class ScheduleState(SQLModel, table=True):
+    """Per scheduled job: every occurrence at or before ``watermark`` has been dealt with (it has a
+    run, or a ``missed`` run). The daemon plans from here after any downtime; no job store needed."""
+
+    __tablename__ = "schedule_state"
+    job_key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    watermark: datetime | None = _ts(nullable=False)
+    updated_at: datetime | None = _ts(nullable=False)
+    updated_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+
+
+class DaemonHeartbeat(SQLModel, table=True):
+    """One row per daemon process: who it is, whether it is active or standby, when it last beat."""
+
+    __tablename__ = "daemon_heartbeats"
+    daemon_id: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    host: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    role: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))  # active | standby | stopped
+    started_at: datetime | None = _ts(nullable=False)
+    beat_at: datetime | None = _ts(nullable=False, index=True)
+    stopped_at: datetime | None = _ts()
+    info: dict[str, Any] = _json()

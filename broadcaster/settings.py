@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     optout_reply: str = "退订成功，您将不再收到本号码的短信。回复START恢复。"
 
     # --- scheduler daemon settings (issue 4) go below this line ---
+    # inline: the daemon also dispatches (an embedded worker); workers: `broadcaster worker` does.
+    daemon_dispatch: str = Field(default="inline", pattern="^(inline|workers)$")
+    daemon_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    daemon_standby_poll_seconds: float = Field(default=5.0, gt=0)
+    daemon_reload_poll_seconds: float = Field(default=5.0, gt=0)  # watch schedules/ and templates/
+    daemon_retry_seconds: float = Field(default=60.0, gt=0)  # after a fire failed, within its grace
+    daemon_stop_timeout_seconds: float = Field(default=30.0, ge=0)  # wait for in-flight sends
+    daemon_log_format: str = Field(default="text", pattern="^(text|json)$")
+    schedule_default_grace_seconds: float = Field(default=3600.0, ge=0)  # misfire grace of a job
+    # Rehearsal and tests only (refused unless provider=log): the daemon's clock starts at this
+    # ISO instant (with offset) and runs at real speed.
+    clock_start: str | None = None
 
     # --- audit and console settings (issue 5) go below this line ---
     # Records younger than this are never pruned; `audit prune` defaults to this cut-off.
