@@ -17,6 +17,9 @@ def serve_webhooks(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8080, "--port", help="Port (0: any free port, printed on start)."),
+    with_console: bool = typer.Option(
+        False, "--with-console", help="Also serve the audit console under /console (same process)."
+    ),
 ) -> None:
     """Serve POST /twilio/status, POST /twilio/inbound and GET /healthz until interrupted.
 
@@ -30,6 +33,10 @@ def serve_webhooks(
         app = create_app(actx.settings, actx.engine, actx.clock)
     except WebhookConfigError as exc:
         raise CliError(str(exc)) from None
+    if with_console:
+        from broadcaster.web.console import create_console_app
+
+        app.mount("/console", create_console_app(actx.settings, actx.engine, actx.clock))
     serve(app, host, port, on_ready=lambda url: print_json({"base_url": url}))
 
 
