@@ -17,5 +17,5 @@ def make_provider(settings: Settings, clock: Clock | None = None) -> Provider:
     if settings.provider == "log":
         from broadcaster.providers.log import LogProvider
 
-        return LogProvider(settings.log_provider_path, clock)
+        return LogProvider(settings.log_provider_path, clock, settings.log_provider_delay_ms / 1000)
     raise ProviderConfigError(f"unknown provider {settings.provider!r} (BROADCASTER_PROVIDER): known: log")

@@ -1,6 +1,8 @@
 """The embedded default provider: sends nothing, appends each message as a JSON line to a file.
 
 It can look messages up (by reading its file), so it takes part in reconciliation like a real one.
+``delay`` (BROADCASTER_LOG_PROVIDER_DELAY_MS) simulates a provider's latency, half before the message
+is recorded and half after, so a crash can fall on either side of "the provider has it".
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -20,13 +23,17 @@ class LogProvider:
     name = "log"
     can_lookup = True
 
-    def __init__(self, path: Path, clock: Clock | None = None) -> None:
+    def __init__(self, path: Path, clock: Clock | None = None, delay: float = 0.0) -> None:
         self.path = Path(path)
         self.clock = clock or SystemClock()
+        self.delay = delay
         self._lock = threading.Lock()
+        self._tail_checked = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def send(self, message: Outbound) -> Accepted:
+        if self.delay:
+            time.sleep(self.delay / 2)
         provider_id = "LG" + uuid.uuid4().hex
         record = {
             "sid": provider_id,
@@ -38,10 +45,21 @@ class LogProvider:
         }
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+            if not self._tail_checked:  # a torn last line left by a crash must not swallow this record
+                self._tail_checked = True
+                if fh.tell() and not self._ends_with_newline():
+                    line = "\n" + line
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        if self.delay:
+            time.sleep(self.delay / 2)
         return Accepted(provider_id=provider_id, status="sent")
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def lookup(self, to: str, since: datetime) -> list[Found]:
         found: list[Found] = []
