@@ -21,15 +21,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
-from broadcaster.claims import Claimed, claim, default_worker_id
+from broadcaster.claims import ACTIVE_RUN_STATES, Claimed, claim, default_worker_id
 from broadcaster.clock import Clock
-from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN
+from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN, Message, Run
 from broadcaster.optouts import add_optout
 from broadcaster.providers.base import Outbound, Provider, ProviderError
 from broadcaster.quiet_hours import QuietHours, defer_due_messages, effective, quiet_now, run_windows
@@ -41,6 +42,8 @@ from broadcaster.settings import Settings
 from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
+messages_t = Message.__table__
+runs_t = Run.__table__
 
 __all__ = ["DispatchStats", "Dispatcher", "default_worker_id", "dispatcher_from_settings"]
 
@@ -117,15 +120,53 @@ class Dispatcher:
 
     # ---- public entry points -------------------------------------------------------------------
 
-    def run_until_idle(self, run_id: int | None = None) -> DispatchStats:
-        """Send everything due now (of one run, or of all active runs), then return."""
-        return self._loop(run_id, stop=None)
+    def run_until_idle(self, run_id: int | None = None, stop: threading.Event | None = None) -> DispatchStats:
+        """Send everything due now (of one run, or of all active runs), then return (early if ``stop``)."""
+        return self._loop(run_id, stop=stop, until_idle=True)
 
     def run_forever(
         self, stop: threading.Event, poll: float = 1.0, run_id: int | None = None
     ) -> DispatchStats:
         """Keep sending until ``stop`` is set; then finish or hand back what is in flight and return."""
-        return self._loop(run_id, stop=stop, poll=poll)
+        return self._loop(run_id, stop=stop, until_idle=False, poll=poll)
+
+    def run_to_end(self, run_id: int, stop: threading.Event, max_wait: timedelta) -> DispatchStats:
+        """Send one run until nothing is pending, waiting for retries, reconciliations and expiring
+        leases that fall due within ``max_wait`` (``broadcaster send`` and ``runs resume``)."""
+        total = DispatchStats()
+        while not stop.is_set():
+            total.add(self.run_until_idle(run_id, stop))
+            due = self.next_due(run_id)
+            if due is None or due - self.clock.now() > max_wait:
+                break
+            stop.wait(max(0.05, (due - self.clock.now()).total_seconds()))
+        return total
+
+    def next_due(self, run_id: int) -> datetime | None:
+        """When this run next has something to do here; None if it is done or waits for someone else
+        (paused, cancelled, or uncertain messages only an operator can settle)."""
+        waiting = [
+            sa.select(sa.func.min(messages_t.c.next_attempt_at)).where(
+                messages_t.c.run_id == run_id, messages_t.c.status == QUEUED
+            ),
+            sa.select(sa.func.min(messages_t.c.lease_expires_at)).where(
+                messages_t.c.run_id == run_id, messages_t.c.status == SENDING
+            ),
+        ]
+        if self.provider.can_lookup:
+            waiting.append(
+                sa.select(sa.func.min(messages_t.c.next_attempt_at)).where(
+                    messages_t.c.run_id == run_id, messages_t.c.status == UNKNOWN
+                )
+            )
+        with db.reading(self.engine) as conn:
+            status = conn.execute(
+                sa.select(runs_t.c.status).where(runs_t.c.id == run_id)
+            ).scalar_one_or_none()
+            if status not in ACTIVE_RUN_STATES:
+                return None
+            times = [t for t in (conn.execute(q).scalar_one() for q in waiting) if t is not None]
+        return min(times, default=None)
 
     def housekeeping(self, run_id: int | None = None) -> DispatchStats:
         """Dead leases to ``unknown``, reconcile ``unknown``, sweep cancelled runs, complete finished runs."""
@@ -149,7 +190,9 @@ class Dispatcher:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def _loop(self, run_id: int | None, stop: threading.Event | None, poll: float = 1.0) -> DispatchStats:
+    def _loop(
+        self, run_id: int | None, stop: threading.Event | None, until_idle: bool, poll: float = 1.0
+    ) -> DispatchStats:
         stats = DispatchStats()
         halt = threading.Event()  # sender threads: start no new provider call
         results: queue.Queue[_Outcome] = queue.Queue()
@@ -167,8 +210,10 @@ class Dispatcher:
                     last_housekeeping = time.monotonic()
                 claimed: list[Claimed] = []
                 drained = in_flight == 0  # nothing in flight: an empty claim now means idle
-                room = self._prefetch() - in_flight
-                if not stopping and room > 0 and (drained or time.monotonic() >= claim_after):
+                prefetch = self._prefetch()
+                room = prefetch - in_flight
+                refill = drained or (in_flight <= prefetch // 2 and time.monotonic() >= claim_after)
+                if not stopping and room > 0 and refill:
                     claimed = self._claim(run_id, room, stats)
                     for msg in claimed:
                         pool.submit(self._attempt, msg, halt, results)
@@ -198,13 +243,13 @@ class Dispatcher:
                     break
                 if in_flight or claimed or not drained:
                     continue
-                if stop is None:
+                if until_idle:
                     extra = self.housekeeping(run_id)  # anything reconciled or recovered is due now
                     stats.add(extra)
                     last_housekeeping = time.monotonic()
                     if not (extra.recovered or extra.reconciled or extra.cancelled):
                         break
-                else:
+                elif stop is not None:
                     stop.wait(poll)
         finally:
             halt.set()
@@ -227,11 +272,9 @@ class Dispatcher:
 
     def _claim(self, run_id: int | None, limit: int, stats: DispatchStats) -> list[Claimed]:
         now = self.clock.now()
-        self._windows = run_windows(self.engine, default=self.quiet_hours, run_id=run_id)
-        quiet = quiet_now(self._windows, now)
-        if quiet:
-            stats.deferred += defer_due_messages(self.engine, quiet, now=now)
         with db.writing(self.engine) as conn:
+            windows = run_windows(conn, default=self.quiet_hours, run_id=run_id)
+            quiet = quiet_now(windows, now)
             claimed, suppressed = claim(
                 conn,
                 worker_id=self.worker_id,
@@ -241,6 +284,9 @@ class Dispatcher:
                 run_id=run_id,
                 exclude_runs=quiet.keys(),
             )
+        self._windows = windows  # read by sender threads: a run turning quiet hands its messages back
+        if quiet:
+            stats.deferred += defer_due_messages(self.engine, quiet, now=now)
         stats.claimed += len(claimed)
         stats.suppressed += len(suppressed)
         return claimed

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from broadcaster import db
 from broadcaster.claims import ACTIVE_RUN_STATES
@@ -76,7 +76,7 @@ def effective(run_value: str | None, default: str | None) -> QuietHours | None:
 
 
 def run_windows(
-    engine: Engine, *, default: str | None, run_id: int | None = None
+    conn: Connection, *, default: str | None, run_id: int | None = None
 ) -> dict[int, tuple[QuietHours, ZoneInfo]]:
     """The quiet hours (and zone) of each active run that has any."""
     query = sa.select(runs_t.c.id, runs_t.c.timezone, runs_t.c.quiet_hours).where(
@@ -84,8 +84,7 @@ def run_windows(
     )
     if run_id is not None:
         query = query.where(runs_t.c.id == run_id)
-    with db.reading(engine) as conn:
-        rows = conn.execute(query).all()
+    rows = conn.execute(query).all()
     windows: dict[int, tuple[QuietHours, ZoneInfo]] = {}
     for r in rows:
         window = effective(r.quiet_hours, default)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WINDOW = 1.0  # seconds
+_EPSILON = 1e-9
+_MIN_WAIT = 1e-6
 
 
 @dataclass
@@ -60,26 +62,26 @@ class RateLimiter:
             state.updated = now
             while state.sent and state.sent[0][0] <= now - WINDOW:
                 state.in_window -= state.sent.popleft()[1]
-            bucket_wait = max(0.0, (min(cost, self.burst) - state.tokens) / self.rate)
-            window_wait = self._window_wait(state, cost, now)
-            wait = max(bucket_wait, window_wait)
+            shortfall = min(cost, self.burst) - state.tokens
+            bucket_wait = shortfall / self.rate if shortfall > _EPSILON else 0.0
+            wait = max(bucket_wait, self._window_wait(state, cost, now))
             if wait > 0:
-                return wait
+                return max(wait, _MIN_WAIT)  # float rounding must not spin on a zero-length sleep
             state.tokens -= cost  # may go below zero for a costly message: the pace then catches up
             state.sent.append((now, cost))
             state.in_window += cost
             return 0.0
 
     def _window_wait(self, state: _SenderState, cost: float, now: float) -> float:
-        if not state.sent or state.in_window + cost <= self.rate + 1e-9:
+        if not state.sent or state.in_window + cost <= self.rate + _EPSILON:
             return 0.0
         # Wait until enough of the oldest entries leave the window (or all, for an oversized message).
         remaining = state.in_window
         for at, spent in state.sent:
             remaining -= spent
-            if remaining + cost <= self.rate + 1e-9 or remaining <= 1e-9:
-                return max(at + WINDOW - now, 1e-6)
-        return 1e-6  # unreachable: the loop ends with remaining == 0
+            if remaining + cost <= self.rate + _EPSILON or remaining <= _EPSILON:
+                return max(at + WINDOW - now, _MIN_WAIT)
+        return _MIN_WAIT  # unreachable: the loop ends with remaining == 0
 
     def acquire(self, key: str, cost: float, cancel: threading.Event | None = None) -> bool:
         """Block until ``cost`` units are taken; False if ``cancel`` was set meanwhile (nothing taken)."""
