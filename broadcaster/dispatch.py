@@ -42,6 +42,7 @@ from broadcaster.settings import Settings
 from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
+OUTCOME_WRITE_ATTEMPTS = 5
 messages_t = Message.__table__
 runs_t = Run.__table__
 
@@ -185,7 +186,16 @@ class Dispatcher:
         stats.reconciled = sum(n for k, n in settled.items() if k != "deferred")
         for cancelled_run in cancelled_runs_with_queued(self.engine):
             stats.cancelled += cancel_queued(self.engine, cancelled_run, now=now)
-        complete_finished_runs(self.engine, now=now)
+        completed = complete_finished_runs(self.engine, now=now)
+        if stats.recovered or stats.reconciled or stats.cancelled or completed:
+            log.info(
+                "housekeeping: %d dead lease(s) -> unknown, %d reconciled %s, %d cancelled, runs done %s",
+                stats.recovered,
+                stats.reconciled,
+                {k: n for k, n in settled.items() if n},
+                stats.cancelled,
+                completed,
+            )
         return stats
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -382,11 +392,30 @@ class Dispatcher:
     # ---- outcomes ------------------------------------------------------------------------------
 
     def _write_outcomes(self, outcomes: list[_Outcome], stats: DispatchStats) -> None:
-        """One transaction for a group of outcomes; a row that moved on meanwhile is left alone."""
+        """Record a group of outcomes in one transaction, trying again if the database hiccups:
+        these are the only record of what the provider accepted."""
+        for attempt in range(1, OUTCOME_WRITE_ATTEMPTS + 1):
+            try:
+                applied = self._write_outcomes_once(outcomes)
+                break
+            except sa.exc.DBAPIError as exc:
+                if attempt == OUTCOME_WRITE_ATTEMPTS:
+                    raise  # the leases expire and reconciliation settles these messages
+                log.warning("recording %d outcomes failed (%s); trying again", len(outcomes), exc.orig)
+                time.sleep(min(2.0**attempt, 10.0))
+        for outcome in applied:
+            setattr(stats, outcome.stat, getattr(stats, outcome.stat) + 1)
+        if len(applied) < len(outcomes):
+            late = sorted({o.change.message_id for o in outcomes} - {o.change.message_id for o in applied})
+            log.warning("outcomes of messages %s not recorded: they moved on meanwhile", late)
+
+    def _write_outcomes_once(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """A row that moved on meanwhile (another worker, an operator) is left alone."""
         now = self.clock.now()
         groups: dict[tuple[str, ...], list[_Outcome]] = {}
         for outcome in outcomes:
             groups.setdefault(outcome.from_states, []).append(outcome)
+        done: list[_Outcome] = []
         with db.writing(self.engine) as conn:
             for from_states, group in groups.items():
                 by_id = {o.change.message_id: o for o in group}
@@ -395,7 +424,7 @@ class Dispatcher:
                 )
                 for change in applied:
                     outcome = by_id[change.message_id]
-                    setattr(stats, outcome.stat, getattr(stats, outcome.stat) + 1)
+                    done.append(outcome)
                     if outcome.opt_out_phone:
                         add_optout(
                             conn,
@@ -405,9 +434,7 @@ class Dispatcher:
                             actor=f"provider:{self.provider.name}",
                             reason=f"provider refused: {change.values.get('error_code')}",
                         )
-                if len(applied) < len(group):
-                    late = sorted(set(by_id) - {c.message_id for c in applied})
-                    log.warning("outcomes of messages %s not recorded: they moved on meanwhile", late)
+        return done
 
 
 def _error_detail(exc: ProviderError, attempt: int) -> dict[str, object]:

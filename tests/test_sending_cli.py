@@ -87,7 +87,9 @@ def test_send_refuses_without_confirmation_off_a_terminal(setup, cli, workdir: P
 
 
 def test_send_with_yes_sends_once_per_recipient_and_reports(setup, cli, workdir: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("send", "-t", "notice", "-l", "public", "-l", "duty", "--yes", "--json", "--var", "year=2011")
+    result = cli(
+        "send", "-t", "notice", "-l", "public", "-l", "duty", "--yes", "--json", "--var", "year=2011"
+    )
     assert result.code == 0, result.err
     out = result.json()
     assert out["counts"] == {"sent": 11, "suppressed": 1} and out["intended"] == 12
@@ -118,7 +120,9 @@ def test_log_formats_and_filters(setup, cli, workdir: Path) -> None:  # type: ig
     assert all(datetime.fromisoformat(r["sent_at"]).tzinfo is not None for r in sent)
     assert sent[0]["body"].startswith("【质量月】用户") and sent[0]["encoding"] == "UCS-2"
 
-    lines = [json.loads(x) for x in cli("log", "--format", "jsonl", "--status", "suppressed").out.splitlines()]
+    lines = [
+        json.loads(x) for x in cli("log", "--format", "jsonl", "--status", "suppressed").out.splitlines()
+    ]
     assert len(lines) == 1 and lines[0]["phone"] == phone(3) and lines[0]["error_text"] == "opted out"
     assert list(lines[0]) == list(LOG_COLUMNS)
 
@@ -141,7 +145,11 @@ def test_pause_resume_cancel_from_the_command_line(setup, cli, workdir: Path) ->
     assert sent.json()["counts"] == {"queued": 9, "suppressed": 1}  # all waiting for the window
     assert "still pending" in cli("runs", "resume", str(run_id)).err  # resuming does not break quiet hours
 
-    assert cli("runs", "pause", str(run_id), "--json").json() == {"run": run_id, "from": "ready", "to": "paused"}
+    assert cli("runs", "pause", str(run_id), "--json").json() == {
+        "run": run_id,
+        "from": "ready",
+        "to": "paused",
+    }
     again = cli("runs", "pause", str(run_id))
     assert again.code == 1 and "paused" in again.err
     detached = cli("runs", "resume", str(run_id), "--detach", "--json").json()
@@ -182,9 +190,14 @@ def test_resolve_needs_one_decision_and_records_it(setup, cli, workdir: Path) ->
     result = cli("runs", "resolve", str(run_id), "--mark-sent", "--json")
     assert result.json() == {"run": run_id, "decision": "mark-sent", "messages": 0}
     with db.reading(setup) as conn:
-        assert conn.execute(
-            sa.select(sa.func.count()).select_from(Action.__table__).where(Action.__table__.c.action == "run.resolved")
-        ).scalar_one() == 1
+        assert (
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(Action.__table__)
+                .where(Action.__table__.c.action == "run.resolved")
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_send_errors_are_one_line(setup, cli) -> None:  # type: ignore[no-untyped-def]
