@@ -25,11 +25,16 @@ from tests.dispatch_helpers import make_run, messages, phone, seed_list, templat
 pytestmark = pytest.mark.slow
 
 
-def _prepare(url: str, tmp_path: Path, n: int) -> tuple[sa.Engine, int]:
+def _seed(url: str, tmp_path: Path, n: int) -> sa.Engine:
     engine = open_database(url)
-    clock = SystemClock()
     seed_list(engine, "public", range(1, n + 1), datetime.now(UTC))
-    run_id = make_run(engine, template_store(tmp_path / "templates"), clock, ["public"])
+    template_store(tmp_path / "templates")
+    return engine
+
+
+def _prepare(url: str, tmp_path: Path, n: int) -> tuple[sa.Engine, int]:
+    engine = _seed(url, tmp_path, n)
+    run_id = make_run(engine, template_store(tmp_path / "templates"), SystemClock(), ["public"])
     return engine, run_id
 
 
@@ -48,8 +53,12 @@ def _env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return _broadcaster(env, "worker", *args)
+
+
+def _broadcaster(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "broadcaster", "worker", *args],
+        [sys.executable, "-m", "broadcaster", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -168,3 +177,29 @@ def test_sigterm_stops_a_worker_cleanly(sqlite_url: str, tmp_path: Path) -> None
     final.communicate(timeout=60)
     assert final.returncode == 0
     _assert_exactly_once(engine, run_id, sent_file, n)
+
+
+def test_interrupted_send_is_resumed_without_duplicates(sqlite_url: str, tmp_path: Path) -> None:
+    n = 300
+    engine = _seed(sqlite_url, tmp_path, n)
+    sent_file = tmp_path / "sent.jsonl"
+    env = _env(sqlite_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="10", BROADCASTER_CONCURRENCY="4")
+    send = _broadcaster(env, "send", "-t", "notice", "-l", "public", "--yes", "--json")
+    _wait_for_lines(sent_file, 30, send)
+    send.send_signal(signal.SIGINT)  # Ctrl-C: stop claiming, finish what is in flight
+    out, err = send.communicate(timeout=10)
+    assert send.returncode == 130, err.decode()[-2000:]
+    report = json.loads(out)
+    assert report["interrupted"] is True and "runs resume" in err.decode()
+    assert set(report["counts"]) <= {"sent", "queued"} and report["counts"]["sent"] < n
+    run_id = str(report["run"])
+
+    resume = _broadcaster(env, "runs", "resume", run_id)
+    _wait_for_lines(sent_file, 150, resume)
+    resume.send_signal(signal.SIGKILL)  # this time no chance to clean up
+    resume.wait(10)
+    final = _broadcaster(env, "runs", "resume", run_id, "--json")
+    out, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out)["counts"] == {"sent": n}
+    _assert_exactly_once(engine, int(run_id), sent_file, n)

@@ -44,7 +44,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code; errors become one line on stderr."""
     try:
-        app(args=argv, prog_name="broadcaster", standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code of a ``typer.Exit(code)``.
+        code = app(args=argv, prog_name="broadcaster", standalone_mode=False)
     except typer.Abort:
         err_console.print("aborted")
         return EXIT_ERROR
@@ -66,7 +67,7 @@ def run(argv: list[str] | None = None) -> int:
             f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True
         )
         return EXIT_ERROR
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from broadcaster.cli.common import (
     print_json,
     to_json,
 )
-from broadcaster.dispatch import Dispatcher, DispatchStats, dispatcher_from_settings
+from broadcaster.dispatch import Dispatcher, dispatcher_from_settings
 from broadcaster.models import MESSAGE_STATES
 from broadcaster.providers import make_provider
 from broadcaster.quiet_hours import QuietHoursError, effective
@@ -116,7 +116,7 @@ def _format_counts(counts: dict[str, int]) -> str:
     )
 
 
-def _report(app: AppContext, run_id: int, as_json: bool, stats: DispatchStats | None, stopped: bool) -> None:
+def _report(app: AppContext, run_id: int, as_json: bool, stopped: bool) -> None:
     with db.reading(app.engine) as conn:
         summary = outbox_summary(conn, run_id)
     if as_json:
@@ -130,8 +130,8 @@ def _report(app: AppContext, run_id: int, as_json: bool, stats: DispatchStats | 
                 "interrupted": stopped,
             }
         )
-        return
-    typer.echo(f"run {run_id}: {_format_counts(summary.counts)}")
+    else:
+        typer.echo(f"run {run_id}: {_format_counts(summary.counts)}")
     pending = sum(summary.counts.get(s, 0) for s in ("queued", "sending", "unknown"))
     if stopped:
         typer.echo(f"interrupted: resume with `broadcaster runs resume {run_id}`", err=True)
@@ -143,11 +143,12 @@ def _report(app: AppContext, run_id: int, as_json: bool, stats: DispatchStats | 
         )
 
 
-def _dispatch(app: AppContext, run_id: int, max_wait: float) -> tuple[DispatchStats, bool]:
+def _dispatch(app: AppContext, run_id: int, max_wait: float) -> bool:
+    """Send the run in-process; True if a signal interrupted it."""
     dispatcher = _dispatcher(app)
     with stop_on_signals() as stop:
-        stats = dispatcher.run_to_end(run_id, stop, timedelta(seconds=max_wait))
-        return stats, stop.is_set()
+        dispatcher.run_to_end(run_id, stop, timedelta(seconds=max_wait))
+        return stop.is_set()
 
 
 def _parse_time(value: str | None, app: AppContext, option: str) -> datetime | None:
@@ -251,8 +252,8 @@ def send(
     if yes and not as_json:
         with db.reading(app.engine) as conn:
             typer.echo(f"run {ref.id}\n" + _describe(app, outbox_summary(conn, ref.id)))
-    stats, stopped = _dispatch(app, ref.id, max_wait)
-    _report(app, ref.id, as_json, stats, stopped)
+    stopped = _dispatch(app, ref.id, max_wait)
+    _report(app, ref.id, as_json, stopped)
     if stopped:
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -374,8 +375,8 @@ def runs_resume(
     if detach:
         _control_output(result, as_json)
         return
-    stats, stopped = _dispatch(app, run_id, max_wait)
-    _report(app, run_id, as_json, stats, stopped)
+    stopped = _dispatch(app, run_id, max_wait)
+    _report(app, run_id, as_json, stopped)
     if stopped:
         raise typer.Exit(EXIT_INTERRUPTED)
 
