@@ -137,18 +137,22 @@ def claim(
     to_send = [r for r in rows if r.optout_id is None]
     expires = now + lease
     if to_send:
-        conn.execute(
-            sa.update(messages_t)
-            .where(messages_t.c.id.in_([r.id for r in to_send]), messages_t.c.status == QUEUED)
-            .values(
-                status=SENDING,
-                lease_owner=worker_id,
-                lease_expires_at=expires,
-                attempt_started_at=now,
-                attempts=messages_t.c.attempts + 1,
-                updated_at=now,
-            )
+        updated = set(
+            conn.execute(
+                sa.update(messages_t)
+                .where(messages_t.c.id.in_([r.id for r in to_send]), messages_t.c.status == QUEUED)
+                .values(
+                    status=SENDING,
+                    lease_owner=worker_id,
+                    lease_expires_at=expires,
+                    attempt_started_at=now,
+                    attempts=messages_t.c.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(messages_t.c.id)
+            ).scalars()
         )
+        to_send = [r for r in to_send if r.id in updated]  # only what this transaction really took
         record_events(
             conn,
             (

@@ -43,6 +43,7 @@ from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
 OUTCOME_WRITE_ATTEMPTS = 5
+RECONCILE_BATCH = 20  # lookups per housekeeping pass, so a slow provider API never stalls the loop long
 messages_t = Message.__table__
 runs_t = Run.__table__
 
@@ -182,6 +183,7 @@ class Dispatcher:
             now=now,
             max_attempts=self.max_attempts,
             retry_after=self.reconcile_delay,
+            limit=RECONCILE_BATCH,
         )
         stats.reconciled = sum(n for k, n in settled.items() if k != "deferred")
         for cancelled_run in cancelled_runs_with_queued(self.engine):
@@ -216,6 +218,9 @@ class Dispatcher:
             while True:
                 stopping = stop is not None and stop.is_set()
                 if not stopping and time.monotonic() - last_housekeeping >= self.housekeeping_interval:
+                    if buffer:  # lookups can be slow: do not let outcomes wait behind them
+                        self._write_outcomes(buffer, stats)
+                        buffer = []
                     stats.add(self.housekeeping(run_id))
                     last_housekeeping = time.monotonic()
                 claimed: list[Claimed] = []
