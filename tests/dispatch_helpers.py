@@ -168,3 +168,27 @@ def transient(code: str = "30001", status: int | None = None) -> ProviderError:
 
 def permanent(code: str = "21211", text: str = "invalid To") -> ProviderError:
     return ProviderError(text, code=code, http_status=400)
+
+
+class FakeTime:
+    """Injected time for the rate limiter: sleeping moves it on at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
+        self.slept += seconds
+
+
+def worst_second(sent: list[tuple[float, int]]) -> float:
+    """The most units let through in any window [t, t+1) that starts at a send."""
+    worst = 0.0
+    for i, (start, _) in enumerate(sent):
+        worst = max(worst, sum(c for at, c in sent[i:] if at < start + 1.0))
+    return worst

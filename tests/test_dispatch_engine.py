@@ -363,3 +363,46 @@ def test_sending_is_committed_before_the_provider_is_called(engine: sa.Engine, t
     assert seen == [("sending", dispatcher.worker_id)]
     with db.reading(engine) as conn:
         assert conn.execute(sa.select(Run.__table__.c.status)).scalar_one() == "completed"
+
+
+def test_an_answer_arriving_after_the_lease_was_taken_over_is_still_recorded(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from broadcaster.reconcile import recover_stale_leases
+
+    clock, _, run_id = _setup(engine, tmp_path, n=1)
+
+    def stall(message) -> None:  # type: ignore[no-untyped-def]
+        # The request hangs past the lease; meanwhile another worker declares the attempt uncertain.
+        clock.advance(timedelta(minutes=3))
+        recover_stale_leases(
+            engine, now=clock.now(), worker_id="other:1:x", retry_after=timedelta(seconds=30)
+        )
+
+    provider = ScriptedProvider(clock, on_send=stall)
+    _dispatcher(engine, provider, clock).run_until_idle()
+    msg = messages(engine, run_id)[0]
+    assert msg["status"] == "sent" and msg["provider_id"] == provider.sent[0].provider_id
+    assert [e["to_status"] for e in events(engine, msg["id"])] == ["queued", "sending", "unknown", "sent"]
+    assert len(provider.calls) == 1
+
+
+def test_dispatcher_keeps_to_the_rate_limit_in_segments(sqlite_url: str, tmp_path: Path) -> None:
+    from broadcaster.db import open_database
+    from broadcaster.ratelimit import RateLimiter
+    from tests.dispatch_helpers import FakeTime, worst_second
+
+    engine = open_database(sqlite_url)
+    clock = ManualClock(START)
+    seed_list(engine, "public", range(1, 61), clock.now())
+    long_text = "【质量月】{{ name }}：" + "质量" * 40  # UCS-2, 2 segments
+    store = template_store(tmp_path / "templates", "long", long_text)
+    make_run(engine, store, clock, ["public"], template="long")
+    fake = FakeTime()
+    sent_at: list[tuple[float, int]] = []
+    provider = ScriptedProvider(clock, on_send=lambda m: sent_at.append((fake.now, 2)))
+    limiter = RateLimiter(10, monotonic=fake.monotonic, sleep=fake.sleep)
+    stats = _dispatcher(engine, provider, clock, limiter=limiter, rate_unit="segments").run_until_idle()
+    assert stats.sent == 60
+    assert worst_second(sent_at) <= 10  # 10 segments/s = 5 two-segment messages in any second
+    assert sent_at[-1][0] - sent_at[0][0] >= (60 * 2 - 10) / 10

@@ -13,22 +13,9 @@ from broadcaster.providers.base import ProviderError
 from broadcaster.quiet_hours import QuietHours, QuietHoursError, effective
 from broadcaster.ratelimit import RateLimiter, default_concurrency
 from broadcaster.retry import Backoff, Decision, decide
+from tests.dispatch_helpers import FakeTime, worst_second
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.now += seconds
-        self.slept += seconds
 
 
 def _drive(
@@ -39,14 +26,6 @@ def _drive(
         assert limiter.acquire(key, cost)
         sent.append((clock.now, cost))
     return sent
-
-
-def _worst_second(sent: list[tuple[float, int]]) -> float:
-    """The most units let through in any window [t, t+1) that starts at a send."""
-    worst = 0.0
-    for i, (start, _) in enumerate(sent):
-        worst = max(worst, sum(c for at, c in sent[i:] if at < start + 1.0))
-    return worst
 
 
 @pytest.mark.parametrize(
@@ -64,7 +43,7 @@ def test_rate_limiter_never_exceeds_the_rate_in_any_second_and_keeps_pace(
     clock = FakeTime()
     limiter = RateLimiter(rate, monotonic=clock.monotonic, sleep=clock.sleep)
     sent = _drive(limiter, clock, costs)
-    assert _worst_second(sent) <= rate * 1.01
+    assert worst_second(sent) <= rate * 1.01
     elapsed = sent[-1][0] - sent[0][0]
     units_after_first = sum(costs) - costs[0]
     assert units_after_first / elapsed >= rate * 0.85  # and it does not crawl either
@@ -79,7 +58,7 @@ def test_rate_limiter_counts_each_sender_separately() -> None:
             assert limiter.acquire(key, 1)
             times[key].append(clock.now)
     for key in ("a", "b"):
-        assert _worst_second([(t, 1) for t in times[key]]) <= 5
+        assert worst_second([(t, 1) for t in times[key]]) <= 5
     assert clock.now - 1000.0 < 4.5  # 40 messages in ~4 s: the two senders went in parallel
 
 
