@@ -170,8 +170,10 @@ class Dispatcher:
             times = [t for t in (conn.execute(q).scalar_one() for q in waiting) if t is not None]
         return min(times, default=None)
 
-    def housekeeping(self, run_id: int | None = None) -> DispatchStats:
-        """Dead leases to ``unknown``, reconcile ``unknown``, sweep cancelled runs, complete finished runs."""
+    def housekeeping(self) -> DispatchStats:
+        """Dead leases to ``unknown``, reconcile ``unknown``, sweep cancelled runs, complete finished runs.
+
+        For all runs, whichever run this dispatcher sends: any worker may settle anyone's leftovers."""
         stats = DispatchStats()
         now = self.clock.now()
         stats.recovered = recover_stale_leases(
@@ -217,11 +219,13 @@ class Dispatcher:
         try:
             while True:
                 stopping = stop is not None and stop.is_set()
+                if stopping:
+                    halt.set()  # what waits in the pool is handed back, requests in flight finish
                 if not stopping and time.monotonic() - last_housekeeping >= self.housekeeping_interval:
                     if buffer:  # lookups can be slow: do not let outcomes wait behind them
                         self._write_outcomes(buffer, stats)
                         buffer = []
-                    stats.add(self.housekeeping(run_id))
+                    stats.add(self.housekeeping())
                     last_housekeeping = time.monotonic()
                 claimed: list[Claimed] = []
                 drained = in_flight == 0  # nothing in flight: an empty claim now means idle
@@ -259,7 +263,7 @@ class Dispatcher:
                 if in_flight or claimed or not drained:
                     continue
                 if until_idle:
-                    extra = self.housekeeping(run_id)  # anything reconciled or recovered is due now
+                    extra = self.housekeeping()  # anything reconciled or recovered is due now
                     stats.add(extra)
                     last_housekeeping = time.monotonic()
                     if not (extra.recovered or extra.reconciled or extra.cancelled):

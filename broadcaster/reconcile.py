@@ -84,7 +84,7 @@ def recover_stale_leases(engine: Engine, *, now: datetime, worker_id: str, retry
                 conn, changes, from_states=[SENDING], at=now, source=SOURCE, skip_locked=True
             )
         total += len(applied)
-        if len(rows) < PAGE:
+        if len(rows) < PAGE or not applied:  # rows another worker holds come back next pass
             return total
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from broadcaster import db
-from broadcaster.models import SENDING, UNKNOWN, Action, Message, Run
+from broadcaster.models import QUEUED, SENDING, UNKNOWN, Action, Message, Run
 from broadcaster.runs import get_run, outbox_summary
 
 messages_t = Message.__table__
@@ -95,7 +95,7 @@ def run_detail(conn: Connection, run_id: int) -> dict[str, Any]:
             "segments": summary.segments,
             "next_attempt_at": conn.execute(
                 sa.select(sa.func.min(messages_t.c.next_attempt_at)).where(
-                    messages_t.c.run_id == run_id, messages_t.c.status.in_(["queued", UNKNOWN])
+                    messages_t.c.run_id == run_id, messages_t.c.status.in_([QUEUED, UNKNOWN])
                 )
             ).scalar_one(),
             "in_flight": summary.counts.get(SENDING, 0),
