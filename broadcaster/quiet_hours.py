@@ -15,14 +15,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from broadcaster import db
 from broadcaster.claims import ACTIVE_RUN_STATES
 from broadcaster.models import QUEUED, Message, Run
-from broadcaster.transitions import Change, apply_changes
+from broadcaster.transitions import Change, sweep
 
 messages_t = Message.__table__
 runs_t = Run.__table__
-PAGE = 1000
 _PATTERN = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 OFF_WORDS = frozenset({"none", "off"})
 
@@ -107,32 +105,19 @@ def defer_due_messages(engine: Engine, quiet: dict[int, datetime], *, now: datet
     """Move the due messages of quiet runs to the window's opening, with one event each saying so."""
     total = 0
     for run_id, opens in quiet.items():
-        while True:
-            with db.writing(engine) as conn:
-                ids = (
-                    conn.execute(
-                        sa.select(messages_t.c.id)
-                        .where(
-                            messages_t.c.run_id == run_id,
-                            messages_t.c.status == QUEUED,
-                            messages_t.c.next_attempt_at < opens,
-                        )
-                        .order_by(messages_t.c.id)
-                        .limit(PAGE)
-                    )
-                    .scalars()
-                    .all()
-                )
-                detail = {"reason": "deferred: quiet hours", "until": opens.isoformat()}
-                applied = apply_changes(
-                    conn,
-                    (Change(i, run_id, QUEUED, {"next_attempt_at": opens}, detail) for i in ids),
-                    from_states=[QUEUED],
-                    at=now,
-                    source="quiet-hours",
-                    skip_locked=True,
-                )
-            total += len(applied)
-            if len(ids) < PAGE or not applied:
-                break
+        detail = {"reason": "deferred: quiet hours", "until": opens.isoformat()}
+        total += sweep(
+            engine,
+            [
+                messages_t.c.run_id == run_id,
+                messages_t.c.status == QUEUED,
+                messages_t.c.next_attempt_at < opens,
+            ],
+            lambda r, opens=opens, detail=detail: Change(
+                r.id, r.run_id, QUEUED, {"next_attempt_at": opens}, detail
+            ),
+            from_states=[QUEUED],
+            at=now,
+            source="quiet-hours",
+        )
     return total

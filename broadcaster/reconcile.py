@@ -30,7 +30,7 @@ from broadcaster.models import (
     Run,
 )
 from broadcaster.providers.base import Found, Provider, ProviderError
-from broadcaster.transitions import Change, apply_changes
+from broadcaster.transitions import Change, apply_changes, sweep
 
 log = logging.getLogger(__name__)
 messages_t = Message.__table__
@@ -50,42 +50,27 @@ def recover_stale_leases(engine: Engine, *, now: datetime, worker_id: str, retry
         ).scalars()
         gone = [o for o in owners if o and holder_is_gone(o, worker_id)]
     stale = sa.or_(messages_t.c.lease_expires_at < now, messages_t.c.lease_owner.in_(gone))
-    total = 0
-    while True:
-        with db.writing(engine) as conn:
-            rows = conn.execute(
-                sa.select(
-                    messages_t.c.id,
-                    messages_t.c.run_id,
-                    messages_t.c.attempts,
-                    messages_t.c.lease_owner,
-                    messages_t.c.lease_expires_at,
-                )
-                .where(messages_t.c.status == SENDING, stale)
-                .order_by(messages_t.c.id)
-                .limit(PAGE)
-            ).all()
-            changes = [
-                Change(
-                    r.id,
-                    r.run_id,
-                    UNKNOWN,
-                    {"next_attempt_at": now + retry_after, "lease_expires_at": None},
-                    {
-                        "reason": "worker gone" if r.lease_owner in gone else "lease expired",
-                        "worker": r.lease_owner,
-                        "attempt": r.attempts,
-                    },
-                    attempt=r.attempts,
-                )
-                for r in rows
-            ]
-            applied = apply_changes(
-                conn, changes, from_states=[SENDING], at=now, source=SOURCE, skip_locked=True
-            )
-        total += len(applied)
-        if len(rows) < PAGE or not applied:  # rows another worker holds come back next pass
-            return total
+
+    def to_unknown(r: sa.Row) -> Change:  # type: ignore[type-arg]
+        reason = "worker gone" if r.lease_owner in gone else "lease expired"
+        return Change(
+            r.id,
+            r.run_id,
+            UNKNOWN,
+            {"next_attempt_at": now + retry_after, "lease_expires_at": None},
+            {"reason": reason, "worker": r.lease_owner, "attempt": r.attempts},
+            attempt=r.attempts,
+        )
+
+    return sweep(
+        engine,
+        [messages_t.c.status == SENDING, stale],
+        to_unknown,
+        from_states=[SENDING],
+        at=now,
+        source=SOURCE,
+        page=PAGE,
+    )
 
 
 def _match(found: list[Found], body: str, taken: set[str]) -> Found | None:

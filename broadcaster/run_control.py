@@ -32,11 +32,10 @@ from broadcaster.models import (
 )
 from broadcaster.runs import RunError, get_run
 from broadcaster.trail import record_action
-from broadcaster.transitions import Change, apply_changes
+from broadcaster.transitions import Change, apply_changes, sweep
 
 messages_t = Message.__table__
 runs_t = Run.__table__
-PAGE = 1000
 
 RESEND = "resend"
 MARK_SENT = "mark-sent"
@@ -58,12 +57,9 @@ def _set_status(
         run = get_run(conn, run_id)
         if run["status"] not in allowed:
             raise RunError(f"run {run_id} is {run['status']}: it cannot be {verb}")
-        if to is None:  # resume: back to where it was before the pause
-            to = (
-                RUN_SENDING
-                if run["started_at"]
-                else (RUN_READY if run["status"] == RUN_PAUSED else run["status"])
-            )
+        if to is None:  # resume: a paused run goes back to where it was; an interrupted one stays
+            paused_from = RUN_SENDING if run["started_at"] else RUN_READY
+            to = paused_from if run["status"] == RUN_PAUSED else run["status"]
         if to != run["status"]:
             conn.execute(sa.update(runs_t).where(runs_t.c.id == run_id).values(status=to))
         record_action(
@@ -115,31 +111,15 @@ def cancel_run(engine: Engine, run_id: int, *, clock: Clock, actor: str) -> dict
 
 
 def cancel_queued(engine: Engine, run_id: int, *, now: datetime) -> int:
-    """Turn the queued messages of a cancelled run into ``cancelled``, in pages (resumable)."""
-    total = 0
-    while True:
-        with db.writing(engine) as conn:
-            ids = (
-                conn.execute(
-                    sa.select(messages_t.c.id)
-                    .where(messages_t.c.run_id == run_id, messages_t.c.status == QUEUED)
-                    .order_by(messages_t.c.id)
-                    .limit(PAGE)
-                )
-                .scalars()
-                .all()
-            )
-            applied = apply_changes(
-                conn,
-                (Change(i, run_id, CANCELLED, {"final_at": now}, {"reason": "run cancelled"}) for i in ids),
-                from_states=[QUEUED],
-                at=now,
-                source="operator",
-                skip_locked=True,
-            )
-        total += len(applied)
-        if len(ids) < PAGE or not applied:
-            return total
+    """Turn the queued messages of a cancelled run into ``cancelled`` (resumable)."""
+    return sweep(
+        engine,
+        [messages_t.c.run_id == run_id, messages_t.c.status == QUEUED],
+        lambda r: Change(r.id, r.run_id, CANCELLED, {"final_at": now}, {"reason": "run cancelled"}),
+        from_states=[QUEUED],
+        at=now,
+        source="operator",
+    )
 
 
 def cancelled_runs_with_queued(engine: Engine) -> list[int]:

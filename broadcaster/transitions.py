@@ -10,14 +10,15 @@ deadlock; ``SKIP LOCKED`` for sweeps that can come back later).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
+from broadcaster import db
 from broadcaster.events import record_events
 from broadcaster.models import Message
 
@@ -106,3 +107,42 @@ def apply_changes(
         ),
     )
     return applied
+
+
+def sweep(
+    engine: Engine,
+    conditions: list[sa.ColumnElement[bool]],
+    make_change: Callable[[sa.Row[Any]], Change],
+    *,
+    from_states: Collection[str],
+    at: datetime,
+    source: str,
+    page: int = 1000,
+) -> int:
+    """Apply a change to every message matching ``conditions``, one page per transaction, so a big
+    sweep never holds the write lock long and an interrupted one simply runs again. Rows another
+    worker holds (PostgreSQL) are skipped and come back on the next sweep. Returns changes applied.
+
+    Each row offers ``id, run_id, attempts, lease_owner`` to ``make_change``."""
+    total = 0
+    while True:
+        with db.writing(engine) as conn:
+            rows = conn.execute(
+                sa.select(
+                    messages_t.c.id, messages_t.c.run_id, messages_t.c.attempts, messages_t.c.lease_owner
+                )
+                .where(*conditions)
+                .order_by(messages_t.c.id)
+                .limit(page)
+            ).all()
+            applied = apply_changes(
+                conn,
+                [make_change(r) for r in rows],
+                from_states=from_states,
+                at=at,
+                source=source,
+                skip_locked=True,
+            )
+        total += len(applied)
+        if len(rows) < page or not applied:
+            return total
