@@ -107,11 +107,11 @@ def _assert_exactly_once(engine: sa.Engine, run_id: int, sent_file: Path, n: int
 def test_worker_killed_repeatedly_mid_run_sends_everyone_exactly_once(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    n = 2500
+    n = 2000
     engine, run_id = _prepare(sqlite_url, tmp_path, n)
     sent_file = tmp_path / "sent.jsonl"
     env = _env(sqlite_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="2", BROADCASTER_CONCURRENCY="8")
-    for target in (300, 1000, 1700):
+    for target in (250, 800, 1300):
         proc = _worker(env, "--run", str(run_id), "--once")
         _wait_for_lines(sent_file, target, proc)
         proc.send_signal(signal.SIGKILL)
@@ -137,7 +137,7 @@ def test_worker_killed_repeatedly_mid_run_sends_everyone_exactly_once(
 
 
 def test_three_workers_on_postgresql_share_one_run_without_duplicates(pg_url: str, tmp_path: Path) -> None:
-    n = 900
+    n = 600
     engine, run_id = _prepare(pg_url, tmp_path, n)
     sent_file = tmp_path / "sent.jsonl"
     env = _env(pg_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="2", BROADCASTER_CONCURRENCY="4")
@@ -189,7 +189,7 @@ def test_sigterm_stops_a_worker_cleanly(sqlite_url: str, tmp_path: Path) -> None
 
 
 def test_interrupted_send_is_resumed_without_duplicates(sqlite_url: str, tmp_path: Path) -> None:
-    n = 300
+    n = 200
     engine = _seed(sqlite_url, tmp_path, n)
     sent_file = tmp_path / "sent.jsonl"
     env = _env(sqlite_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="10", BROADCASTER_CONCURRENCY="4")
@@ -204,7 +204,7 @@ def test_interrupted_send_is_resumed_without_duplicates(sqlite_url: str, tmp_pat
     run_id = str(report["run"])
 
     resume = _broadcaster(env, "runs", "resume", run_id)
-    _wait_for_lines(sent_file, 150, resume)
+    _wait_for_lines(sent_file, 100, resume)
     resume.send_signal(signal.SIGKILL)  # this time no chance to clean up
     resume.wait(10)
     final = _broadcaster(env, "runs", "resume", run_id, "--json")

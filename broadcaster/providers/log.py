@@ -29,6 +29,8 @@ class LogProvider:
         self.delay = delay
         self._lock = threading.Lock()
         self._tail_checked = False
+        self._indexed_up_to = 0  # bytes of the file already indexed for lookups
+        self._by_recipient: dict[str, list[Found]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def send(self, message: Outbound) -> Accepted:
@@ -62,16 +64,26 @@ class LogProvider:
             return fh.read(1) == b"\n"
 
     def lookup(self, to: str, since: datetime) -> list[Found]:
-        found: list[Found] = []
+        """Messages to ``to`` recorded at or after ``since`` (by any process writing the file).
+
+        The file is read incrementally: complete lines past the last read are indexed by recipient,
+        so reconciling many messages after a crash does not re-read the whole file each time."""
+        with self._lock:
+            self._read_new_lines()
+            return [f for f in self._by_recipient.get(to, []) if f.created_at and f.created_at >= since]
+
+    def _read_new_lines(self) -> None:
         if not self.path.exists():
-            return found
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a crash mid-write: that message was not sent
-                at = datetime.fromisoformat(rec["at"])
-                if rec["to"] == to and at >= since:
-                    found.append(Found(rec["sid"], rec["to"], rec["body"], "sent", at))
-        return found
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._indexed_up_to)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for next time
+        self._indexed_up_to += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-write: that message was not sent
+            found = Found(rec["sid"], rec["to"], rec["body"], "sent", datetime.fromisoformat(rec["at"]))
+            self._by_recipient.setdefault(found.to, []).append(found)
