@@ -233,8 +233,8 @@ def send(
                 typer.echo(_describe(app, summary))
                 typer.echo("dry run: nothing written, nothing sent")
             return
-        typer.echo(_describe(app, summary))
-        typer.confirm(f"Send {summary.counts.get('queued', 0)} messages now?", abort=True)
+        typer.echo(_describe(app, summary), err=as_json)  # with --json, stdout carries only the JSON
+        typer.confirm(f"Send {summary.counts.get('queued', 0)} messages now?", abort=True, err=as_json)
     ref = create_run(
         app.engine,
         template=template,
