@@ -33,8 +33,16 @@ ACTIVE_RUN_STATES = (RUN_READY, RUN_SENDING)
 SOURCE = "dispatcher"
 
 
+_IN_THIS_PROCESS: set[str] = set()  # worker ids of dispatchers created by this process
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def register_worker(worker_id: str) -> None:
+    """Note a dispatcher of this process, so its leases are never taken for a dead process's."""
+    _IN_THIS_PROCESS.add(worker_id)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,11 +58,13 @@ def _pid_alive(pid: int) -> bool:
 def holder_is_gone(owner: str, me: str) -> bool:
     """True when ``owner`` is a default-style id of this host whose process is surely dead."""
     parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit() or owner == me:
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    if owner == me or owner in _IN_THIS_PROCESS:
         return False
     pid = int(parts[1])
     if pid == os.getpid():
-        return True  # an earlier process that had our pid: it is not us, so it is dead
+        return True  # an earlier process that had our pid: not one of ours, so it is dead
     return not _pid_alive(pid)
 
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
-from broadcaster.claims import ACTIVE_RUN_STATES, Claimed, claim, default_worker_id
+from broadcaster.claims import ACTIVE_RUN_STATES, Claimed, claim, default_worker_id, register_worker
 from broadcaster.clock import Clock
 from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN, Message, Run
 from broadcaster.optouts import add_optout
@@ -106,6 +106,7 @@ class Dispatcher:
         self.provider = provider
         self.clock = clock
         self.worker_id = worker_id or default_worker_id()
+        register_worker(self.worker_id)
         self.batch = batch
         self.lease = lease
         self.max_attempts = max_attempts

@@ -139,3 +139,25 @@ def test_a_runs_quiet_hours_win_over_the_setting() -> None:
     assert effective(None, "21:00-08:00").opens_at(  # type: ignore[union-attr]
         datetime(2011, 8, 31, 23, 0, tzinfo=SHANGHAI), SHANGHAI
     ) == datetime(2011, 9, 1, 8, 0, tzinfo=SHANGHAI) - timedelta(0)
+
+
+def test_a_lease_holder_is_gone_only_when_its_process_surely_is() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from broadcaster.claims import holder_is_gone, register_worker
+
+    host, me = socket.gethostname(), f"{socket.gethostname()}:{os.getpid()}:aaaaaa"
+    register_worker(me)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert holder_is_gone(f"{host}:{child.pid}:bbbbbb", me)  # that process has exited
+    assert not holder_is_gone(f"{host}:{os.getppid()}:cccccc", me)  # alive
+    assert holder_is_gone(f"{host}:{os.getpid()}:dddddd", me)  # our pid, not one of our dispatchers
+    sibling = f"{host}:{os.getpid()}:eeeeee"
+    register_worker(sibling)
+    assert not holder_is_gone(sibling, me)  # another dispatcher of this very process
+    assert not holder_is_gone("elsewhere:1:ffffff", me)  # another host: wait for the lease
+    assert not holder_is_gone("custom-worker-7", me)
