@@ -1,44 +1,53 @@
 """The dispatcher: claims due messages from the outbox, sends them, records every outcome.
 
-First version: one thread, claims in batches with a lease, commits ``sending`` before calling the
-provider and the outcome right after. (The delivery engine work extends this with concurrency,
-rate limits, retries with backoff, reconciliation of uncertain attempts and several workers.)
+One loop thread does all database writes: it claims batches (committed as ``sending`` with a lease
+before any provider call), hands them to a pool of sender threads, and writes the outcomes the
+threads report in small groups (one transaction at most every ``flush_interval`` seconds). Sender
+threads only wait for the rate limiter and call the provider. Between batches the loop does its
+housekeeping: dead leases become ``unknown``, ``unknown`` messages are reconciled with the
+provider, cancelled runs are swept, quiet runs are deferred, finished runs completed.
+
+Exactly-once rests on three rules (docs/delivery.md): ``sending`` is committed before the request;
+an attempt whose fate is unclear becomes ``unknown`` and is looked up at the provider before any
+resend; every change is guarded by the state (and attempt) it starts from.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import logging
+import queue
+import random
 import threading
-from dataclasses import dataclass
-from datetime import timedelta
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
+from broadcaster.claims import ACTIVE_RUN_STATES, Claimed, claim, default_worker_id, register_worker
 from broadcaster.clock import Clock
-from broadcaster.events import record_events
-from broadcaster.models import (
-    FAILED,
-    PENDING_STATES,
-    QUEUED,
-    RUN_COMPLETED,
-    RUN_READY,
-    RUN_SENDING,
-    SENDING,
-    SENT,
-    SUPPRESSED,
-    UNKNOWN,
-    Message,
-    OptOut,
-    Run,
-)
+from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN, Message, Run
+from broadcaster.optouts import add_optout
 from broadcaster.providers.base import Outbound, Provider, ProviderError
+from broadcaster.quiet_hours import QuietHours, defer_due_messages, effective, quiet_now, run_windows
+from broadcaster.ratelimit import RateLimiter, default_concurrency
+from broadcaster.reconcile import reconcile_unknown, recover_stale_leases
+from broadcaster.retry import Backoff, Decision, decide
+from broadcaster.run_control import cancel_queued, cancelled_runs_with_queued, complete_finished_runs
+from broadcaster.settings import Settings
+from broadcaster.transitions import Change, apply_changes
 
+log = logging.getLogger(__name__)
+OUTCOME_WRITE_ATTEMPTS = 5
+RECONCILE_BATCH = 20  # lookups per housekeeping pass, so a slow provider API never stalls the loop long
 messages_t = Message.__table__
 runs_t = Run.__table__
-optouts_t = OptOut.__table__
+
+__all__ = ["DispatchStats", "Dispatcher", "default_worker_id", "dispatcher_from_settings"]
 
 
 @dataclass
@@ -49,13 +58,26 @@ class DispatchStats:
     retried: int = 0
     unknown: int = 0
     suppressed: int = 0
+    released: int = 0  # claimed, then handed back unsent (stopping, lease too old, quiet hours began)
+    recovered: int = 0  # dead leases turned unknown
+    reconciled: int = 0  # unknown settled by a lookup
+    deferred: int = 0  # messages moved to the end of quiet hours
+    cancelled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def add(self, other: DispatchStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+
+@dataclass(frozen=True)
+class _Outcome:
+    change: Change
+    from_states: tuple[str, ...]
+    stat: str
+    opt_out_phone: str | None = None
 
 
 class Dispatcher:
@@ -67,183 +89,385 @@ class Dispatcher:
         *,
         worker_id: str | None = None,
         batch: int = 100,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(minutes=2),
         max_attempts: int = 5,
+        limiter: RateLimiter | None = None,
+        rate_unit: str = "messages",
+        concurrency: int = 1,
+        backoff: Backoff | None = None,
+        quiet_hours: str | None = None,
+        reconcile_delay: timedelta = timedelta(seconds=30),
+        flush_interval: float = 0.2,
+        housekeeping_interval: float = 1.0,
+        rng: random.Random | None = None,
     ) -> None:
+        effective(None, quiet_hours)  # a malformed default fails here, not in the middle of a run
         self.engine = engine
         self.provider = provider
         self.clock = clock
         self.worker_id = worker_id or default_worker_id()
+        register_worker(self.worker_id)
         self.batch = batch
         self.lease = lease
         self.max_attempts = max_attempts
+        self.limiter = limiter
+        self.rate_unit = rate_unit
+        self.concurrency = max(1, concurrency)
+        self.backoff = backoff or Backoff()
+        self.quiet_hours = quiet_hours
+        self.reconcile_delay = reconcile_delay
+        self.flush_interval = flush_interval
+        self.housekeeping_interval = housekeeping_interval
+        self.rng = rng or random.Random()
+        self._windows: dict[int, tuple[QuietHours, ZoneInfo]] = {}
 
-    def claim(self, run_id: int | None = None) -> list[dict]:
-        now = self.clock.now()
-        with db.writing(self.engine) as conn:
-            active_runs = sa.select(runs_t.c.id).where(runs_t.c.status.in_([RUN_READY, RUN_SENDING]))
-            cond = [
-                messages_t.c.status == QUEUED,
-                messages_t.c.next_attempt_at <= now,
-                messages_t.c.run_id.in_(active_runs),
-            ]
-            if run_id is not None:
-                cond.append(messages_t.c.run_id == run_id)
-            ids = (
-                conn.execute(
-                    sa.select(messages_t.c.id)
-                    .where(*cond)
-                    .order_by(messages_t.c.priority.desc(), messages_t.c.id)
-                    .limit(self.batch)
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            conn.execute(
-                sa.update(messages_t)
-                .where(messages_t.c.id.in_(ids), messages_t.c.status == QUEUED)
-                .values(
-                    status=SENDING,
-                    lease_owner=self.worker_id,
-                    lease_expires_at=now + self.lease,
-                    attempt_started_at=now,
-                    attempts=messages_t.c.attempts + 1,
-                    updated_at=now,
-                )
-            )
-            rows = (
-                conn.execute(
-                    sa.select(messages_t, optouts_t.c.id.label("optout_id"))
-                    .outerjoin(optouts_t, optouts_t.c.phone == messages_t.c.phone)
-                    .where(
-                        messages_t.c.id.in_(ids),
-                        messages_t.c.lease_owner == self.worker_id,
-                        messages_t.c.status == SENDING,
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            record_events(
-                conn,
-                (
-                    {
-                        "message_id": r["id"],
-                        "run_id": r["run_id"],
-                        "at": now,
-                        "from_status": QUEUED,
-                        "to_status": SENDING,
-                        "source": self.worker_id,
-                        "detail": {"attempt": r["attempts"]},
-                    }
-                    for r in rows
-                ),
-            )
-            conn.execute(
-                sa.update(runs_t)
-                .where(runs_t.c.id.in_({r["run_id"] for r in rows}), runs_t.c.status == RUN_READY)
-                .values(status=RUN_SENDING, started_at=now)
-            )
-        return [dict(r) for r in rows]
+    # ---- public entry points -------------------------------------------------------------------
 
-    def _finish(self, msg: dict, to_status: str, detail: dict, **values: object) -> None:
-        now = self.clock.now()
-        with db.writing(self.engine) as conn:
-            result = conn.execute(
-                sa.update(messages_t)
-                .where(
-                    messages_t.c.id == msg["id"],
-                    messages_t.c.status == SENDING,
-                    messages_t.c.lease_owner == self.worker_id,
-                )
-                .values(status=to_status, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
-            )
-            if result.rowcount:
-                record_events(
-                    conn,
-                    [
-                        {
-                            "message_id": msg["id"],
-                            "run_id": msg["run_id"],
-                            "at": now,
-                            "from_status": SENDING,
-                            "to_status": to_status,
-                            "source": self.worker_id,
-                            "detail": detail,
-                        }
-                    ],
-                )
+    def run_until_idle(self, run_id: int | None = None, stop: threading.Event | None = None) -> DispatchStats:
+        """Send everything due now (of one run, or of all active runs), then return (early if ``stop``)."""
+        return self._loop(run_id, stop=stop, until_idle=True)
 
-    def send_one(self, msg: dict, stats: DispatchStats) -> None:
-        now = self.clock.now()
-        if msg["optout_id"] is not None:
-            stats.suppressed += 1
-            self._finish(msg, SUPPRESSED, {"reason": "opted out"}, error_text="opted out", final_at=now)
-            return
-        try:
-            accepted = self.provider.send(
-                Outbound(message_id=msg["id"], to=msg["phone"], body=msg["body"], sender=msg["sender"])
-            )
-        except ProviderError as exc:
-            detail = {"code": exc.code, "text": exc.text, "http_status": exc.http_status}
-            if exc.accepted_maybe:
-                stats.unknown += 1
-                self._finish(msg, UNKNOWN, detail, error_code=exc.code, error_text=exc.text)
-            elif exc.transient and msg["attempts"] < self.max_attempts:
-                stats.retried += 1
-                self._finish(
-                    msg,
-                    QUEUED,
-                    detail,
-                    error_code=exc.code,
-                    error_text=exc.text,
-                    next_attempt_at=now + timedelta(seconds=2 ** msg["attempts"]),
-                )
-            else:
-                stats.failed += 1
-                self._finish(msg, FAILED, detail, error_code=exc.code, error_text=exc.text, final_at=now)
-            return
-        stats.sent += 1
-        self._finish(
-            msg,
-            SENT,
-            {"provider_id": accepted.provider_id},
-            provider_id=accepted.provider_id,
-            sent_at=self.clock.now(),
-            error_code=None,
-            error_text=None,
-        )
+    def run_forever(
+        self, stop: threading.Event, poll: float = 1.0, run_id: int | None = None
+    ) -> DispatchStats:
+        """Keep sending until ``stop`` is set; then finish or hand back what is in flight and return."""
+        return self._loop(run_id, stop=stop, until_idle=False, poll=poll)
 
-    def run_until_idle(self, run_id: int | None = None) -> DispatchStats:
-        """Send everything due now (of one run, or of all active runs), then return."""
-        stats = DispatchStats()
-        while batch := self.claim(run_id):
-            stats.claimed += len(batch)
-            for msg in batch:
-                self.send_one(msg, stats)
-        self.complete_finished_runs()
-        return stats
-
-    def run_forever(self, stop: threading.Event, poll: float = 1.0) -> DispatchStats:
+    def run_to_end(self, run_id: int, stop: threading.Event, max_wait: timedelta) -> DispatchStats:
+        """Send one run until nothing is pending, waiting for retries, reconciliations and expiring
+        leases that fall due within ``max_wait`` (``broadcaster send`` and ``runs resume``)."""
         total = DispatchStats()
         while not stop.is_set():
-            stats = self.run_until_idle()
-            for key, value in stats.as_dict().items():
-                setattr(total, key, getattr(total, key) + value)
-            if not stats.claimed:
-                stop.wait(poll)
+            total.add(self.run_until_idle(run_id, stop))
+            due = self.next_due(run_id)
+            if due is None or due - self.clock.now() > max_wait:
+                break
+            stop.wait(max(0.05, (due - self.clock.now()).total_seconds()))
         return total
 
-    def complete_finished_runs(self) -> None:
+    def next_due(self, run_id: int) -> datetime | None:
+        """When this run next has something to do here; None if it is done or waits for someone else
+        (paused, cancelled, or uncertain messages only an operator can settle)."""
+        waiting = [
+            sa.select(sa.func.min(messages_t.c.next_attempt_at)).where(
+                messages_t.c.run_id == run_id, messages_t.c.status == QUEUED
+            ),
+            sa.select(sa.func.min(messages_t.c.lease_expires_at)).where(
+                messages_t.c.run_id == run_id, messages_t.c.status == SENDING
+            ),
+        ]
+        if self.provider.can_lookup:
+            waiting.append(
+                sa.select(sa.func.min(messages_t.c.next_attempt_at)).where(
+                    messages_t.c.run_id == run_id, messages_t.c.status == UNKNOWN
+                )
+            )
+        with db.reading(self.engine) as conn:
+            status = conn.execute(
+                sa.select(runs_t.c.status).where(runs_t.c.id == run_id)
+            ).scalar_one_or_none()
+            if status not in ACTIVE_RUN_STATES:
+                return None
+            times = [t for t in (conn.execute(q).scalar_one() for q in waiting) if t is not None]
+        return min(times, default=None)
+
+    def housekeeping(self) -> DispatchStats:
+        """Dead leases to ``unknown``, reconcile ``unknown``, sweep cancelled runs, complete finished runs.
+
+        For all runs, whichever run this dispatcher sends: any worker may settle anyone's leftovers."""
+        stats = DispatchStats()
+        now = self.clock.now()
+        stats.recovered = recover_stale_leases(
+            self.engine, now=now, worker_id=self.worker_id, retry_after=self.reconcile_delay
+        )
+        settled = reconcile_unknown(
+            self.engine,
+            self.provider,
+            now=now,
+            max_attempts=self.max_attempts,
+            retry_after=self.reconcile_delay,
+            limit=RECONCILE_BATCH,
+        )
+        stats.reconciled = sum(n for k, n in settled.items() if k != "deferred")
+        for cancelled_run in cancelled_runs_with_queued(self.engine):
+            stats.cancelled += cancel_queued(self.engine, cancelled_run, now=now)
+        completed = complete_finished_runs(self.engine, now=now)
+        if stats.recovered or stats.reconciled or stats.cancelled or completed:
+            log.info(
+                "housekeeping: %d dead lease(s) -> unknown, %d reconciled %s, %d cancelled, runs done %s",
+                stats.recovered,
+                stats.reconciled,
+                {k: n for k, n in settled.items() if n},
+                stats.cancelled,
+                completed,
+            )
+        return stats
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _loop(
+        self, run_id: int | None, stop: threading.Event | None, until_idle: bool, poll: float = 1.0
+    ) -> DispatchStats:
+        stats = DispatchStats()
+        halt = threading.Event()  # sender threads: start no new provider call
+        results: queue.Queue[_Outcome] = queue.Queue()
+        buffer: list[_Outcome] = []
+        buffered_since = 0.0
+        in_flight = 0
+        last_housekeeping = float("-inf")
+        claim_after = 0.0  # after a short claim, wait a little before asking again
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="send")
+        try:
+            while True:
+                stopping = stop is not None and stop.is_set()
+                if stopping:
+                    halt.set()  # what waits in the pool is handed back, requests in flight finish
+                if not stopping and time.monotonic() - last_housekeeping >= self.housekeeping_interval:
+                    if buffer:  # lookups can be slow: do not let outcomes wait behind them
+                        self._write_outcomes(buffer, stats)
+                        buffer = []
+                    stats.add(self.housekeeping())
+                    last_housekeeping = time.monotonic()
+                claimed: list[Claimed] = []
+                drained = in_flight == 0  # nothing in flight: an empty claim now means idle
+                prefetch = self._prefetch()
+                room = prefetch - in_flight
+                refill = drained or (in_flight <= prefetch // 2 and time.monotonic() >= claim_after)
+                if not stopping and room > 0 and refill:
+                    claimed = self._claim(run_id, room, stats)
+                    for msg in claimed:
+                        pool.submit(self._attempt, msg, halt, results)
+                    in_flight += len(claimed)
+                    if len(claimed) < room:
+                        claim_after = time.monotonic() + min(poll, 0.25)
+                wait = 0.0 if claimed or not in_flight else 0.02
+                while True:  # collect what the sender threads reported
+                    try:
+                        outcome = results.get(timeout=wait) if wait else results.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not buffer:
+                        buffered_since = time.monotonic()
+                    buffer.append(outcome)
+                    in_flight -= 1
+                    wait = 0.0
+                if buffer and (
+                    in_flight == 0
+                    or stopping
+                    or len(buffer) >= self.batch
+                    or time.monotonic() - buffered_since >= self.flush_interval
+                ):
+                    self._write_outcomes(buffer, stats)
+                    buffer = []
+                if stopping and not in_flight:
+                    break
+                if in_flight or claimed or not drained:
+                    continue
+                if until_idle:
+                    extra = self.housekeeping()  # anything reconciled or recovered is due now
+                    stats.add(extra)
+                    last_housekeeping = time.monotonic()
+                    if not (extra.recovered or extra.reconciled or extra.cancelled):
+                        break
+                elif stop is not None:
+                    stop.wait(poll)
+        finally:
+            halt.set()
+            pool.shutdown(wait=True)
+            while True:
+                try:
+                    buffer.append(results.get_nowait())
+                except queue.Empty:
+                    break
+            if buffer:
+                self._write_outcomes(buffer, stats)
+        return stats
+
+    def _prefetch(self) -> int:
+        """How many messages may be claimed ahead: enough to keep threads busy, ~1 s at the rate limit."""
+        ahead = self.concurrency * 2
+        if self.limiter is None:
+            return max(ahead, self.batch)
+        return max(ahead, min(self.batch, int(self.limiter.rate)))
+
+    def _claim(self, run_id: int | None, limit: int, stats: DispatchStats) -> list[Claimed]:
         now = self.clock.now()
         with db.writing(self.engine) as conn:
-            pending = sa.select(messages_t.c.id).where(
-                messages_t.c.run_id == runs_t.c.id, messages_t.c.status.in_(PENDING_STATES)
+            windows = run_windows(conn, default=self.quiet_hours, run_id=run_id)
+            quiet = quiet_now(windows, now)
+            claimed, suppressed = claim(
+                conn,
+                worker_id=self.worker_id,
+                now=now,
+                lease=self.lease,
+                limit=limit,
+                run_id=run_id,
+                exclude_runs=quiet.keys(),
             )
-            conn.execute(
-                sa.update(runs_t)
-                .where(runs_t.c.status.in_([RUN_READY, RUN_SENDING]), ~pending.exists())
-                .values(status=RUN_COMPLETED, finished_at=now)
+        self._windows = windows  # read by sender threads: a run turning quiet hands its messages back
+        if quiet:
+            stats.deferred += defer_due_messages(self.engine, quiet, now=now)
+        stats.claimed += len(claimed)
+        stats.suppressed += len(suppressed)
+        return claimed
+
+    # ---- sender threads ------------------------------------------------------------------------
+
+    def _attempt(self, msg: Claimed, halt: threading.Event, results: queue.Queue[_Outcome]) -> None:
+        try:
+            results.put(self._send(msg, halt))
+        except Exception as exc:  # a bug or an unforeseen error: the request may have gone out
+            log.exception("message %s: unexpected error while sending", msg.id)
+            results.put(self._uncertain(msg, ProviderError(f"unexpected error: {type(exc).__name__}: {exc}")))
+
+    def _send(self, msg: Claimed, halt: threading.Event) -> _Outcome:
+        if halt.is_set():
+            return self._release(msg, "worker stopping")
+        if self.limiter is not None:
+            cost = msg.segments if self.rate_unit == "segments" else 1
+            if not self.limiter.acquire(msg.sender or "default", cost, cancel=halt):
+                return self._release(msg, "worker stopping")
+        now = self.clock.now()
+        if now >= msg.lease_expires_at - self.lease / 2:
+            return self._release(msg, "lease too old to start a request")
+        window = self._windows.get(msg.run_id)
+        if window is not None and window[0].opens_at(now, window[1]) is not None:
+            return self._release(msg, "quiet hours began")
+        try:
+            accepted = self.provider.send(
+                Outbound(message_id=msg.id, to=msg.phone, body=msg.body, sender=msg.sender)
             )
+        except ProviderError as exc:
+            return self._failure(msg, exc)
+        change = Change(
+            msg.id,
+            msg.run_id,
+            SENT,
+            {
+                "provider_id": accepted.provider_id,
+                "sent_at": self.clock.now(),
+                "error_code": None,
+                "error_text": None,
+                "lease_expires_at": None,
+            },
+            {"provider_id": accepted.provider_id, "provider_status": accepted.status, "attempt": msg.attempt},
+            attempt=msg.attempt,
+        )
+        return _Outcome(change, (SENDING, UNKNOWN), "sent")
+
+    def _release(self, msg: Claimed, reason: str) -> _Outcome:
+        change = Change(
+            msg.id,
+            msg.run_id,
+            QUEUED,
+            {"attempts": msg.attempt - 1, "lease_expires_at": None},
+            {"reason": f"released: {reason}", "attempt": msg.attempt},
+            attempt=msg.attempt,
+        )
+        return _Outcome(change, (SENDING,), "released")
+
+    def _uncertain(self, msg: Claimed, exc: ProviderError) -> _Outcome:
+        change = Change(
+            msg.id,
+            msg.run_id,
+            UNKNOWN,
+            {
+                "error_code": exc.code,
+                "error_text": exc.text,
+                "next_attempt_at": self.clock.now() + self.reconcile_delay,
+                "lease_expires_at": None,
+            },
+            _error_detail(exc, msg.attempt),
+            attempt=msg.attempt,
+        )
+        return _Outcome(change, (SENDING,), "unknown")
+
+    def _failure(self, msg: Claimed, exc: ProviderError) -> _Outcome:
+        decision = decide(exc, msg.attempt, self.max_attempts)
+        if decision is Decision.UNKNOWN:
+            return self._uncertain(msg, exc)
+        now = self.clock.now()
+        detail = _error_detail(exc, msg.attempt)
+        values: dict[str, object] = {"error_code": exc.code, "error_text": exc.text, "lease_expires_at": None}
+        if decision is Decision.RETRY:
+            retry_at = now + self.backoff.delay(msg.attempt, self.rng)
+            values["next_attempt_at"] = retry_at
+            detail["retry_at"] = retry_at.isoformat()
+            change = Change(msg.id, msg.run_id, QUEUED, values, detail, attempt=msg.attempt)
+            return _Outcome(change, (SENDING, UNKNOWN), "retried")
+        values["final_at"] = now
+        change = Change(msg.id, msg.run_id, FAILED, values, detail, attempt=msg.attempt)
+        return _Outcome(change, (SENDING, UNKNOWN), "failed", msg.phone if exc.opt_out else None)
+
+    # ---- outcomes ------------------------------------------------------------------------------
+
+    def _write_outcomes(self, outcomes: list[_Outcome], stats: DispatchStats) -> None:
+        """Record a group of outcomes in one transaction, trying again if the database hiccups:
+        these are the only record of what the provider accepted."""
+        for attempt in range(1, OUTCOME_WRITE_ATTEMPTS + 1):
+            try:
+                applied = self._write_outcomes_once(outcomes)
+                break
+            except sa.exc.DBAPIError as exc:
+                if attempt == OUTCOME_WRITE_ATTEMPTS:
+                    raise  # the leases expire and reconciliation settles these messages
+                log.warning("recording %d outcomes failed (%s); trying again", len(outcomes), exc.orig)
+                time.sleep(min(2.0**attempt, 10.0))
+        for outcome in applied:
+            setattr(stats, outcome.stat, getattr(stats, outcome.stat) + 1)
+        if len(applied) < len(outcomes):
+            late = sorted({o.change.message_id for o in outcomes} - {o.change.message_id for o in applied})
+            log.warning("outcomes of messages %s not recorded: they moved on meanwhile", late)
+
+    def _write_outcomes_once(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """A row that moved on meanwhile (another worker, an operator) is left alone."""
+        now = self.clock.now()
+        groups: dict[tuple[str, ...], list[_Outcome]] = {}
+        for outcome in outcomes:
+            groups.setdefault(outcome.from_states, []).append(outcome)
+        done: list[_Outcome] = []
+        with db.writing(self.engine) as conn:
+            for from_states, group in groups.items():
+                by_id = {o.change.message_id: o for o in group}
+                applied = apply_changes(
+                    conn, [o.change for o in group], from_states=from_states, at=now, source="dispatcher"
+                )
+                for change in applied:
+                    outcome = by_id[change.message_id]
+                    done.append(outcome)
+                    if outcome.opt_out_phone:
+                        add_optout(
+                            conn,
+                            outcome.opt_out_phone,
+                            source="provider",
+                            at=now,
+                            actor=f"provider:{self.provider.name}",
+                            reason=f"provider refused: {change.values.get('error_code')}",
+                        )
+        return done
+
+
+def _error_detail(exc: ProviderError, attempt: int) -> dict[str, object]:
+    return {"code": exc.code, "text": exc.text, "http_status": exc.http_status, "attempt": attempt}
+
+
+def dispatcher_from_settings(
+    engine: Engine, provider: Provider, clock: Clock, settings: Settings, **overrides: object
+) -> Dispatcher:
+    """A dispatcher configured from BROADCASTER_* settings (rate limit, concurrency, leases, ...)."""
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
+    concurrency = settings.concurrency or default_concurrency(settings.rate_limit)
+    options: dict[str, object] = {
+        "worker_id": settings.worker_id,
+        "batch": settings.batch_size,
+        "lease": timedelta(seconds=settings.lease_seconds),
+        "max_attempts": settings.max_attempts,
+        "limiter": limiter,
+        "rate_unit": settings.rate_unit,
+        "concurrency": concurrency,
+        "backoff": Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds),
+        "quiet_hours": settings.quiet_hours,
+        "reconcile_delay": timedelta(seconds=settings.reconcile_delay_seconds),
+    }
+    options.update(overrides)
+    return Dispatcher(engine, provider, clock, **options)  # type: ignore[arg-type]

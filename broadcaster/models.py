@@ -162,7 +162,8 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         sa.UniqueConstraint("run_id", "recipient_id", name="uq_messages_run_recipient"),
-        sa.Index("ix_messages_claim", "status", "priority", "next_attempt_at"),
+        # Claims read "queued, due, most urgent first, oldest due first" straight off this index.
+        sa.Index("ix_messages_due", "status", sa.desc("priority"), "next_attempt_at", "id"),
         sa.Index("ix_messages_run_status", "run_id", "status"),
     )
     id: int | None = Field(default=None, primary_key=True)

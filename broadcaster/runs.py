@@ -7,6 +7,7 @@ it again and never writes a second message for anyone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from broadcaster import db
 from broadcaster.clock import Clock
 from broadcaster.events import record_events
 from broadcaster.models import (
+    CANCELLED,
     FAILED,
     QUEUED,
     RUN_PENDING,
@@ -32,7 +34,7 @@ from broadcaster.models import (
     Run,
 )
 from broadcaster.segments import measure
-from broadcaster.templating import TemplateError, TemplateStore, build_context
+from broadcaster.templating import Template, TemplateError, TemplateStore, build_context
 from broadcaster.trail import record_action
 
 BATCH = 1000
@@ -175,70 +177,16 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
     template = store.load(run["template"])
     zone = ZoneInfo(run["timezone"])
     send_time = (run["scheduled_for"] or run["created_at"]).astimezone(zone)
-    member_ids = sa.select(members_t.c.recipient_id).where(members_t.c.list_id.in_(ids))
     last_id = 0
-    rendered: dict[str, tuple[str, Any]] = {}  # bodies repeat a lot: measure each distinct body once
+    rendered: dict[str, Any] = {}  # bodies repeat a lot: measure each distinct body once
     while True:
         with db.writing(engine) as conn:
-            page = conn.execute(
-                sa.select(
-                    recipients_t.c.id,
-                    recipients_t.c.phone,
-                    recipients_t.c.name,
-                    recipients_t.c.attributes,
-                    optouts_t.c.id.label("optout_id"),
-                )
-                .outerjoin(optouts_t, optouts_t.c.phone == recipients_t.c.phone)
-                .where(recipients_t.c.id.in_(member_ids), recipients_t.c.id > last_id)
-                .order_by(recipients_t.c.id)
-                .limit(BATCH)
-            ).all()
+            page = _recipient_page(conn, ids, last_id)
             if not page:
                 break
             last_id = page[-1].id
             now = clock.now()
-            rows = []
-            for r in page:
-                status, error_code, error_text = QUEUED, None, None
-                try:
-                    body = store.render(
-                        template,
-                        build_context(
-                            recipient={"phone": r.phone, "name": r.name, "attributes": r.attributes},
-                            variables=dict(run["variables"]),
-                            send_time=send_time,
-                        ),
-                    )
-                except TemplateError as exc:
-                    body, status, error_code, error_text = "", FAILED, "template", str(exc)
-                if body not in rendered:
-                    rendered[body] = (body, measure(body))
-                m = rendered[body][1]
-                if r.optout_id is not None and status == QUEUED:
-                    status, error_text = SUPPRESSED, "opted out"
-                rows.append(
-                    {
-                        "run_id": run_id,
-                        "recipient_id": r.id,
-                        "phone": r.phone,
-                        "body": body,
-                        "encoding": m.encoding,
-                        "segments": m.segments,
-                        "characters": m.characters,
-                        "status": status,
-                        "priority": run["priority"],
-                        "sender": run["sender"],
-                        "attempts": 0,
-                        "next_attempt_at": now if status == QUEUED else None,
-                        "error_code": error_code,
-                        "error_text": error_text,
-                        "created_at": now,
-                        "updated_at": now,
-                        "final_at": None if status == QUEUED else now,
-                    }
-                )
-                if len(rendered) > 10_000:
-                    rendered.clear()
+            rows = _message_rows(page, run, template, store, send_time, now, rendered)
             stmt = _insert_ignore(conn, messages_t).on_conflict_do_nothing(
                 index_elements=["run_id", "recipient_id"]
             )
@@ -274,6 +222,138 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
             .values(status=RUN_READY, intended=intended)
         )
     return intended
+
+
+def _recipient_page(conn: Connection, list_ids_: list[int], after_id: int) -> list[Any]:
+    """The next page of distinct recipients of the lists (a recipient in two lists comes once)."""
+    member_ids = sa.select(members_t.c.recipient_id).where(members_t.c.list_id.in_(list_ids_))
+    return list(
+        conn.execute(
+            sa.select(
+                recipients_t.c.id,
+                recipients_t.c.phone,
+                recipients_t.c.name,
+                recipients_t.c.attributes,
+                optouts_t.c.id.label("optout_id"),
+            )
+            .outerjoin(optouts_t, optouts_t.c.phone == recipients_t.c.phone)
+            .where(recipients_t.c.id.in_(member_ids), recipients_t.c.id > after_id)
+            .order_by(recipients_t.c.id)
+            .limit(BATCH)
+        ).all()
+    )
+
+
+def _message_rows(
+    page: list[Any],
+    run: Mapping[str, Any],
+    template: Template,
+    store: TemplateStore,
+    send_time: datetime,
+    now: datetime,
+    rendered: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Outbox rows for a page of recipients: rendered, measured, suppressed if opted out."""
+    rows = []
+    for r in page:
+        status, error_code, error_text = QUEUED, None, None
+        try:
+            body = store.render(
+                template,
+                build_context(
+                    recipient={"phone": r.phone, "name": r.name, "attributes": r.attributes},
+                    variables=dict(run["variables"]),
+                    send_time=send_time,
+                ),
+            )
+        except TemplateError as exc:
+            body, status, error_code, error_text = "", FAILED, "template", str(exc)
+        if body not in rendered:
+            if len(rendered) > 10_000:
+                rendered.clear()
+            rendered[body] = measure(body)
+        m = rendered[body]
+        if r.optout_id is not None and status == QUEUED:
+            status, error_text = SUPPRESSED, "opted out"
+        rows.append(
+            {
+                "run_id": run["id"],
+                "recipient_id": r.id,
+                "phone": r.phone,
+                "body": body,
+                "encoding": m.encoding,
+                "segments": m.segments,
+                "characters": m.characters,
+                "status": status,
+                "priority": run["priority"],
+                "sender": run["sender"],
+                "attempts": 0,
+                "next_attempt_at": now if status == QUEUED else None,
+                "error_code": error_code,
+                "error_text": error_text,
+                "created_at": now,
+                "updated_at": now,
+                "final_at": None if status == QUEUED else now,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    """What a run will send (or sent): messages by status, and the segments of those still to go."""
+
+    intended: int
+    counts: dict[str, int]
+    segments: int  # segments of the messages not suppressed or failed before sending
+
+    def units(self, unit: str) -> int:
+        """Messages or segments to send, whichever the rate limit counts."""
+        return self.segments if unit == "segments" else self.counts.get(QUEUED, 0)
+
+
+def preview(
+    engine: Engine,
+    *,
+    template: str,
+    list_names: list[str],
+    variables: dict[str, Any],
+    timezone: str,
+    store: TemplateStore,
+    clock: Clock,
+) -> OutboxSummary:
+    """Render and count what a run would write, writing nothing (``send --dry-run``)."""
+    loaded = store.load(template)
+    now = clock.now()
+    run = {"id": None, "variables": variables, "priority": 0, "sender": None}
+    counts: dict[str, int] = {}
+    segments = 0
+    rendered: dict[str, Any] = {}
+    last_id = 0
+    with db.reading(engine) as conn:
+        ids = list_ids(conn, list_names)
+        while page := _recipient_page(conn, ids, last_id):
+            last_id = page[-1].id
+            for row in _message_rows(
+                page, run, loaded, store, now.astimezone(ZoneInfo(timezone)), now, rendered
+            ):
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+                segments += row["segments"] if row["status"] == QUEUED else 0
+    return OutboxSummary(sum(counts.values()), counts, segments)
+
+
+def outbox_summary(conn: Connection, run_id: int) -> OutboxSummary:
+    """The same summary, from a run's outbox."""
+    rows = conn.execute(
+        sa.select(
+            messages_t.c.status, sa.func.count(), sa.func.coalesce(sa.func.sum(messages_t.c.segments), 0)
+        )
+        .where(messages_t.c.run_id == run_id)
+        .group_by(messages_t.c.status)
+    ).all()
+    counts = {status: n for status, n, _ in rows}
+    segments = sum(int(seg) for status, _, seg in rows if status not in (SUPPRESSED, FAILED, CANCELLED))
+    return OutboxSummary(sum(counts.values()), counts, segments)
 
 
 def get_run(conn: Connection, run_id: int) -> dict[str, Any]:

@@ -51,6 +51,32 @@ class Settings(BaseSettings):
     webhook_base_url: str | None = None
 
     # --- delivery engine settings (issue 3) go below this line ---
+    # (documented in docs/delivery.md; quiet_hours and max_attempts above belong here too)
+    rate_limit: float = Field(default=10.0, ge=0)  # per sender, per second; 0 = no limit
+    rate_unit: str = "segments"  # messages | segments
+    concurrency: int | None = Field(default=None, ge=1, le=256)  # default: from the rate limit
+    lease_seconds: float = Field(default=120.0, gt=0)
+    batch_size: int = Field(default=100, ge=1, le=5000)
+    worker_id: str | None = Field(default=None, max_length=200)
+    backoff_base_seconds: float = Field(default=2.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    reconcile_delay_seconds: float = Field(default=30.0, ge=0)
+    log_provider_delay_ms: float = Field(default=0.0, ge=0)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str | None) -> str | None:
+        from broadcaster.quiet_hours import effective
+
+        effective(None, value)  # raises with the value quoted if it cannot be read
+        return value
+
+    @field_validator("rate_unit")
+    @classmethod
+    def _rate_unit(cls, value: str) -> str:
+        if value not in ("messages", "segments"):
+            raise ValueError(f"rate unit {value!r}: expected messages or segments")
+        return value
 
     # Twilio adapter, fake Twilio and webhooks (issue 3, Twilio part).
     #: Seconds to open a connection to Twilio; a connect failure means the request surely was not sent.

@@ -44,14 +44,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code; errors become one line on stderr."""
     try:
-        rc = app(args=argv, prog_name="broadcaster", standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code of a ``typer.Exit(code)``.
+        code = app(args=argv, prog_name="broadcaster", standalone_mode=False)
     except typer.Abort:
         err_console.print("aborted")
         return EXIT_ERROR
     except typer.Exit as exc:
         return exc.exit_code
     except _user_errors() as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return getattr(exc, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -62,9 +63,11 @@ def run(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if os.environ.get("BROADCASTER_DEBUG"):
             traceback.print_exc()
-        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        err_console.print(
+            f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True
+        )
         return EXIT_ERROR
-    return rc if isinstance(rc, int) else 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:

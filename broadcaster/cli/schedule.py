@@ -284,7 +284,7 @@ def daemon(
                 from broadcaster.scheduling.dispatching import make_dispatcher
 
                 provider = make_provider(settings, clock)
-                dispatcher = make_dispatcher(engine, provider, clock, settings, worker_id=f"daemon:{d.id}")
+                dispatcher = make_dispatcher(engine, provider, clock, settings, worker_id=d.id)
                 for outcome in report.runs:
                     if outcome.run_id is not None:
                         dispatcher.run_until_idle(outcome.run_id)

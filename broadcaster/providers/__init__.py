@@ -17,7 +17,7 @@ def make_provider(settings: Settings, clock: Clock | None = None) -> Provider:
     if settings.provider == "log":
         from broadcaster.providers.log import LogProvider
 
-        return LogProvider(settings.log_provider_path, clock)
+        return LogProvider(settings.log_provider_path, clock, settings.log_provider_delay_ms / 1000)
     if settings.provider == "twilio":
         from broadcaster.providers.twilio import TwilioProvider
 

@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +28,7 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
+from broadcaster.claims import default_worker_id
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.scheduling import leader
 from broadcaster.scheduling.catalog import Catalog, Job, fingerprint, load_catalog
@@ -41,10 +41,6 @@ from broadcaster.trail import record_action
 
 EXIT_LOST_LOCK = 3
 _TICK = timedelta(microseconds=1)
-
-
-def new_daemon_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class OccurrenceTrigger(BaseTrigger):
@@ -78,7 +74,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.dispatch = dispatch or settings.daemon_dispatch
         self.log = logger or get_logger()
-        self.id = new_daemon_id()
+        self.id = default_worker_id()  # host:pid:token, so a dead daemon's leases are recovered at once
         self.started_at = self.clock.now()
         self.role = leader.STANDBY
         self.store = TemplateStore(settings.templates_dir)
@@ -227,9 +223,7 @@ class Daemon:
         from broadcaster.scheduling.dispatching import make_dispatcher
 
         provider = make_provider(self.settings, self.clock)
-        dispatcher = make_dispatcher(
-            self.engine, provider, self.clock, self.settings, worker_id=f"daemon:{self.id}"
-        )
+        dispatcher = make_dispatcher(self.engine, provider, self.clock, self.settings, worker_id=self.id)
         while not self._dispatch_stop.is_set():
             try:
                 stats = dispatcher.run_forever(self._dispatch_stop, poll=1.0)

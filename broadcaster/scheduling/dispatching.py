@@ -1,6 +1,5 @@
 """The dispatcher the daemon (inline mode), ``daemon --once`` and ``schedule simulate`` use:
-configured from settings exactly like ``broadcaster worker`` when the delivery engine provides
-``dispatch.dispatcher_from_settings``, else the plain one."""
+configured from settings exactly like ``broadcaster worker``."""
 
 from __future__ import annotations
 
@@ -15,7 +14,4 @@ from broadcaster.settings import Settings
 def make_dispatcher(
     engine: Engine, provider: Provider, clock: Clock, settings: Settings, *, worker_id: str
 ) -> dispatch.Dispatcher:
-    factory = getattr(dispatch, "dispatcher_from_settings", None)
-    if factory is not None:
-        return factory(engine, provider, clock, settings, worker_id=worker_id)
-    return dispatch.Dispatcher(engine, provider, clock, worker_id=worker_id)
+    return dispatch.dispatcher_from_settings(engine, provider, clock, settings, worker_id=worker_id)
