@@ -61,3 +61,11 @@ def test_exit_code_of_a_command_reaches_the_shell(workdir, cli) -> None:  # type
     result = cli("templates", "render", "no-such-template")
     assert result.code == 1
     assert result.err.count("\n") == 1 and "no-such-template" in result.err
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(workdir, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("BROADCASTER_TIMEZONE", "Mars/Olympus_Mons")
+    result = cli("runs", "--json")
+    assert result.code == 1
+    assert result.err.startswith("error: invalid settings: BROADCASTER_TIMEZONE")
+    assert result.err.count("\n") == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
@@ -48,7 +49,10 @@ class AppContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings()
+            try:
+                self._settings = load_settings()
+            except ValidationError as exc:
+                raise CliError(f"invalid settings: {settings_problems(exc)}") from None
         return self._settings
 
     @property
@@ -67,6 +71,16 @@ class AppContext:
         from broadcaster.templating import TemplateStore
 
         return TemplateStore(self.settings.templates_dir)
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """One line naming each bad variable and why (never the value: it may be a secret)."""
+    parts = []
+    for error in exc.errors():
+        field = "_".join(str(p) for p in error["loc"]).upper()
+        name = field if field.startswith("TWILIO_") else f"BROADCASTER_{field}"
+        parts.append(f"{name}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def app_context(ctx: typer.Context) -> AppContext:
