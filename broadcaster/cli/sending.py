@@ -116,7 +116,7 @@ def _format_counts(counts: dict[str, int]) -> str:
     )
 
 
-def _report(app: AppContext, run_id: int, as_json: bool, stopped: bool) -> None:
+def report_run(app: AppContext, run_id: int, as_json: bool, stopped: bool) -> None:
     with db.reading(app.engine) as conn:
         summary = outbox_summary(conn, run_id)
     if as_json:
@@ -143,7 +143,7 @@ def _report(app: AppContext, run_id: int, as_json: bool, stopped: bool) -> None:
         )
 
 
-def _dispatch(app: AppContext, run_id: int, max_wait: float) -> bool:
+def dispatch_in_process(app: AppContext, run_id: int, max_wait: float) -> bool:
     """Send the run in-process; True if a signal interrupted it."""
     dispatcher = _dispatcher(app)
     with stop_on_signals() as stop:
@@ -252,8 +252,8 @@ def send(
     if yes and not as_json:
         with db.reading(app.engine) as conn:
             typer.echo(f"run {ref.id}\n" + _describe(app, outbox_summary(conn, ref.id)))
-    stopped = _dispatch(app, ref.id, max_wait)
-    _report(app, ref.id, as_json, stopped)
+    stopped = dispatch_in_process(app, ref.id, max_wait)
+    report_run(app, ref.id, as_json, stopped)
     if stopped:
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -375,8 +375,8 @@ def runs_resume(
     if detach:
         _control_output(result, as_json)
         return
-    stopped = _dispatch(app, run_id, max_wait)
-    _report(app, run_id, as_json, stopped)
+    stopped = dispatch_in_process(app, run_id, max_wait)
+    report_run(app, run_id, as_json, stopped)
     if stopped:
         raise typer.Exit(EXIT_INTERRUPTED)
 
