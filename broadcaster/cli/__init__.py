@@ -51,7 +51,7 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except _user_errors() as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return getattr(exc, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -62,7 +62,9 @@ def run(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if os.environ.get("BROADCASTER_DEBUG"):
             traceback.print_exc()
-        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        err_console.print(
+            f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True
+        )
         return EXIT_ERROR
     return 0
 

@@ -1,0 +1,697 @@
+"""Batch imports from CSV: recipients into a list, and opt-outs.
+
+How one import goes (``docs/recipients.md`` has the operator's view):
+- :func:`csv_source.inspect` reads the whole file first, so a file that cannot be processed is
+  refused before anything is written.
+- Rows are then streamed in chunks of a few thousand. Per chunk: each distinct raw value is
+  normalised once, existing numbers are looked up with one ``IN`` query, new recipients, updates,
+  memberships and rejects are written with Core batch statements, and the chunk is committed (one
+  short write transaction per chunk, so a sending dispatcher is never blocked for long).
+- Numbers already seen earlier in the same file are remembered in a temporary table on the import's
+  own connection, not in memory, so memory stays flat whatever the file size.
+- Counts: ``rows = imported + updated + duplicates + rejected``, with
+  ``duplicates = duplicates_in_file + already_stored``.
+- Re-importing changes nothing: numbers already stored with the same details count as
+  ``already_stored``. The import is still recorded (import_batches and the action trail), and the
+  report names the earlier batch of the same file (same SHA-256) into the same list.
+- Merge rule for a number already stored: a non-empty name in the file replaces the stored name;
+  attributes are merged key by key, non-empty cells in the file replacing stored values, keys the
+  file does not have (or leaves empty) kept. Within one file, the first row of a number wins.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from broadcaster import db
+from broadcaster.clock import Clock
+from broadcaster.csv_source import Layout, Row, SourceError, inspect, read_rows
+from broadcaster.lists import ListError, ensure_list, find_list, validate_list_name
+from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient
+from broadcaster.optouts import add_optouts
+from broadcaster.phones import REASONS, Normalised, PhoneNormaliser
+from broadcaster.runs import _insert_ignore
+from broadcaster.trail import current_host, record_action
+
+CHUNK = 5000
+FIRST_REJECTS = 10
+MAX_NAME = 200
+
+batches_t = ImportBatch.__table__
+rejects_t = ImportReject.__table__
+recipients_t = Recipient.__table__
+members_t = ListMember.__table__
+optouts_t = OptOut.__table__
+
+# Row-level reasons besides the phone ones of phones.REASONS.
+EXTRA_FIELDS = "extra_fields"
+NAME_TOO_LONG = "name_too_long"
+ROW_REASONS = {
+    EXTRA_FIELDS: "more cells than the header has columns (a comma inside an unquoted value?)",
+    NAME_TOO_LONG: f"name longer than {MAX_NAME} characters",
+}
+
+Progress = Callable[[int, int], None]  # (rows done, rows in the file)
+
+
+class ImportFailed(Exception):
+    """The import cannot start (bad file, list name, region or rejects path); nothing was written."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, with ``dry_run``, would do). ``as_dict`` is the ``--json`` output."""
+
+    kind: str
+    file: str
+    sha256: str
+    encoding: str
+    dry_run: bool
+    list: str | None = None
+    batch: int | None = None
+    rows: int = 0
+    imported: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    duplicates_in_file: int = 0
+    already_stored: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    added_to_list: int = 0
+    opted_out: int = 0
+    list_created: bool = False
+    unchanged: bool = False
+    previous_batch: dict[str, Any] | None = None
+    rejects_file: str | None = None
+    first_rejects: list[dict[str, Any]] = field(
+        default_factory=builtins.list
+    )  # `list` is a field name here  # up to FIRST_REJECTS
+    phone_column: str | None = None
+    attributes: list[str] = field(default_factory=builtins.list)  # `list` is a field name here
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RejectsFile:
+    """The operator's CSV of rejected rows (row, value, reason, message), UTF-8 with BOM for Excel.
+
+    Written to a temporary name and renamed when the import ends, so it is never half written.
+    """
+
+    HEADER = ("row", "value", "reason", "message")
+
+    def __init__(self, path: Path | None, source: Path) -> None:
+        self.path = path
+        self._tmp = path.with_name(path.name + ".partial") if path else None
+        if path is not None and path.resolve() == source.resolve():
+            raise ImportFailed(f"--rejects {path} would overwrite the file being imported")
+        self._file: Any = None
+        self._writer: Any = None
+
+    def __enter__(self) -> RejectsFile:
+        if self._tmp is not None:
+            try:
+                self._file = self._tmp.open("w", encoding="utf-8-sig", newline="")
+            except OSError as exc:
+                raise ImportFailed(f"cannot write rejects file {self.path}: {exc.strerror or exc}") from None
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(self.HEADER)
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self._writer is not None:
+            self._writer.writerows((r["row_number"], r["raw_value"], r["reason"], r["detail"]) for r in rows)
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)  # type: ignore[arg-type]
+        else:
+            self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
+
+
+class _SeenNumbers:
+    """Numbers already met in this file, in a temporary table of the import's connection."""
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "broadcaster_import_seen",
+            sa.MetaData(),
+            sa.Column("phone", sa.String(20), primary_key=True),
+            prefixes=["TEMPORARY"],
+        )
+
+    def create(self, conn: Connection) -> None:
+        self.drop(conn)  # left over by an import that died on this pooled connection
+        self.table.create(conn)
+
+    def drop(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table.name}")
+
+    def first_time(self, conn: Connection, phones: list[str]) -> set[str]:
+        """Remember ``phones``; return those not met before."""
+        met = set(conn.execute(sa.select(self.table.c.phone).where(self.table.c.phone.in_(phones))).scalars())
+        new = [p for p in phones if p not in met]
+        if new:
+            conn.execute(sa.insert(self.table), [{"phone": p} for p in new])
+        return set(new)
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _open(path: Path, encoding: str, phone_column: str | None) -> Layout:
+    try:
+        return inspect(path, encoding=encoding, phone_column=phone_column)
+    except SourceError as exc:
+        raise ImportFailed(str(exc)) from None
+
+
+def _normaliser(region: str, **kwargs: Any) -> PhoneNormaliser:
+    try:
+        return PhoneNormaliser(region, **kwargs)
+    except ValueError as exc:
+        raise ImportFailed(str(exc)) from None
+
+
+class _Import:
+    """What recipient and opt-out imports share: the batch record, rejects, dedupe, chunking."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        engine: Engine,
+        layout: Layout,
+        normaliser: PhoneNormaliser,
+        report: ImportReport,
+        *,
+        clock: Clock,
+        actor: str,
+        rejects: RejectsFile,
+        progress: Progress | None,
+        chunk_size: int,
+    ) -> None:
+        self.engine = engine
+        self.layout = layout
+        self.normalise = normaliser
+        self.report = report
+        self.clock = clock
+        self.actor = actor
+        self.rejects = rejects
+        self.progress = progress
+        self.chunk_size = chunk_size
+        self.seen = _SeenNumbers()
+        self.batch_id: int | None = None
+        self.started_at: datetime | None = None
+        self.reasons: Counter[str] = Counter()
+
+    def run(self) -> ImportReport:
+        if self.report.dry_run:
+            with db.reading(self.engine) as conn:
+                self._run(conn, lambda: _NoTransaction())
+                self.seen.drop(conn)
+        else:
+            with self.engine.connect() as conn:
+                try:
+                    self._run(conn, conn.begin)
+                finally:
+                    with contextlib.suppress(sa.exc.SQLAlchemyError):  # never hide the first error
+                        if conn.in_transaction():
+                            conn.rollback()
+                        with conn.begin():
+                            self.seen.drop(conn)
+        self.report.rejected_by_reason = dict(sorted(self.reasons.items()))
+        self.report.duplicates = self.report.duplicates_in_file + self.report.already_stored
+        return self.report
+
+    def _run(self, conn: Connection, transaction: Callable[[], Any]) -> None:
+        self.started_at = self.clock.now()
+        with transaction():
+            self.seen.create(conn)
+            self.start(conn)
+            if not self.report.dry_run:
+                self.batch_id = self._insert_batch(conn)
+                self.report.batch = self.batch_id
+        done = 0
+        for chunk in _chunks(read_rows(self.layout), self.chunk_size):
+            with transaction():
+                self._chunk(conn, chunk)
+            done += len(chunk)
+            if self.progress:
+                self.progress(done, self.layout.data_rows)
+        with transaction():
+            self.finish(conn)
+            if not self.report.dry_run:
+                self._finish_batch(conn)
+
+    def _chunk(self, conn: Connection, chunk: list[Row]) -> None:
+        report = self.report
+        report.rows += len(chunk)
+        rejects: list[dict[str, Any]] = []
+        first: dict[str, tuple[Row, Normalised]] = {}
+        for row in chunk:
+            result = self.normalise(row.phone)
+            reason, detail = self.check(row, result)
+            if reason is not None:
+                rejects.append(
+                    {
+                        "batch_id": self.batch_id,
+                        "row_number": row.number,
+                        "raw_value": row.phone,
+                        "reason": reason,
+                        "detail": detail,
+                    }
+                )
+                continue
+            if result.phone in first:
+                report.duplicates_in_file += 1
+                continue
+            first[result.phone] = (row, result)  # type: ignore[index]
+        if first:
+            new = self.seen.first_time(conn, list(first))
+            report.duplicates_in_file += len(first) - len(new)
+            accepted = {p: v for p, v in first.items() if p in new}
+            if accepted:
+                self.accept(conn, accepted)
+        if rejects:
+            report.rejected += len(rejects)
+            self.reasons.update(r["reason"] for r in rejects)
+            if not report.dry_run:
+                conn.execute(sa.insert(rejects_t), rejects)
+            self.rejects.write(rejects)
+            room = FIRST_REJECTS - len(report.first_rejects)
+            report.first_rejects.extend(
+                {
+                    "row": r["row_number"],
+                    "value": r["raw_value"],
+                    "reason": r["reason"],
+                    "message": r["detail"],
+                }
+                for r in rejects[:room]
+            )
+
+    def check(self, row: Row, result: Normalised) -> tuple[str | None, str | None]:
+        """(reason, sentence) when the row is refused, else (None, None)."""
+        if row.extra:
+            return EXTRA_FIELDS, ROW_REASONS[EXTRA_FIELDS]
+        if not result.ok:
+            return result.reason, result.message
+        return None, None
+
+    def _insert_batch(self, conn: Connection) -> int:
+        return conn.execute(
+            sa.insert(batches_t)
+            .values(
+                list_id=self.list_id,
+                kind=self.kind,
+                file_name=str(self.layout.path.resolve()),
+                sha256=self.layout.sha256,
+                encoding=self.layout.encoding,
+                actor=self.actor,
+                host=current_host(),
+                started_at=self.started_at,
+            )
+            .returning(batches_t.c.id)
+        ).scalar_one()
+
+    def _finish_batch(self, conn: Connection) -> None:
+        r = self.report
+        r.duplicates = r.duplicates_in_file + r.already_stored
+        now = self.clock.now()
+        counts = {
+            "rows": r.rows,
+            "imported": r.imported,
+            "updated": r.updated,
+            "duplicates": r.duplicates,
+            "rejected": r.rejected,
+            "added_to_list": r.added_to_list,
+        }
+        conn.execute(
+            sa.update(batches_t).where(batches_t.c.id == self.batch_id).values(finished_at=now, **counts)
+        )
+        record_action(
+            conn,
+            at=now,
+            actor=self.actor,
+            action=f"{self.kind}.imported",
+            details={
+                "batch": self.batch_id,
+                "list": r.list,
+                "file": str(self.layout.path.resolve()),
+                "sha256": r.sha256,
+                "encoding": r.encoding,
+                **counts,
+                "duplicates_in_file": r.duplicates_in_file,
+                "already_stored": r.already_stored,
+                "rejected_by_reason": dict(sorted(self.reasons.items())),
+            },
+        )
+
+    def _previous_batch(self, conn: Connection, list_id: int | None) -> dict[str, Any] | None:
+        row = (
+            conn.execute(
+                sa.select(batches_t.c.id, batches_t.c.finished_at, batches_t.c.actor)
+                .where(
+                    batches_t.c.sha256 == self.layout.sha256,
+                    batches_t.c.kind == self.kind,
+                    batches_t.c.list_id == list_id if list_id is not None else batches_t.c.list_id.is_(None),
+                    batches_t.c.finished_at.is_not(None),
+                )
+                .order_by(batches_t.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        return None if row is None else {"batch": row["id"], "at": row["finished_at"], "actor": row["actor"]}
+
+    # --- specific to each kind of import ---
+    list_id: int | None = None
+
+    def start(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
+        raise NotImplementedError
+
+    def finish(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+
+class _NoTransaction:
+    """Dry runs work inside one read-only transaction; chunks need no transaction of their own."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+class _RecipientsImport(_Import):
+    kind = "recipients"
+
+    def __init__(self, *args: Any, list_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.list_name = list_name
+        self._update = (
+            sa.update(recipients_t)
+            .where(recipients_t.c.id == sa.bindparam("b_id"))
+            .values(
+                name=sa.bindparam("b_name", type_=recipients_t.c.name.type),
+                attributes=sa.bindparam("b_attributes", type_=recipients_t.c.attributes.type),
+                updated_at=sa.bindparam("b_updated_at", type_=recipients_t.c.updated_at.type),
+            )
+        )
+
+    def start(self, conn: Connection) -> None:
+        if self.report.dry_run:
+            found = find_list(conn, self.list_name)
+            self.list_id = found["id"] if found else None
+            self.report.list_created = found is None
+        else:
+            self.list_id, self.report.list_created = ensure_list(
+                conn, self.list_name, at=self.started_at, actor=self.actor
+            )  # type: ignore[arg-type]
+        if self.list_id is not None:
+            self.report.previous_batch = self._previous_batch(conn, self.list_id)
+
+    def check(self, row: Row, result: Normalised) -> tuple[str | None, str | None]:
+        reason, detail = super().check(row, result)
+        if reason is None and row.name is not None and len(row.name) > MAX_NAME:
+            return NAME_TOO_LONG, ROW_REASONS[NAME_TOO_LONG]
+        return reason, detail
+
+    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
+        report, dry_run = self.report, self.report.dry_run
+        now = self.clock.now()
+        phones = list(accepted)
+        stored = {
+            r.phone: r
+            for r in conn.execute(
+                sa.select(
+                    recipients_t.c.id, recipients_t.c.phone, recipients_t.c.name, recipients_t.c.attributes
+                ).where(recipients_t.c.phone.in_(phones))
+            )
+        }
+        ids: dict[str, int] = {}
+        new = [p for p in phones if p not in stored]
+        if new and not dry_run:
+            stmt = (
+                _insert_ignore(conn, recipients_t)
+                .on_conflict_do_nothing(index_elements=["phone"])
+                .returning(recipients_t.c.id, recipients_t.c.phone)
+            )
+            rows = [
+                {
+                    "phone": p,
+                    "name": accepted[p][0].name,
+                    "attributes": accepted[p][0].attributes,
+                    "region": accepted[p][1].region,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for p in new
+            ]
+            ids.update({phone: id_ for id_, phone in conn.execute(stmt, rows)})
+            raced = [p for p in new if p not in ids]  # inserted meanwhile by a concurrent import
+            if raced:
+                stored.update(
+                    {
+                        r.phone: r
+                        for r in conn.execute(
+                            sa.select(
+                                recipients_t.c.id,
+                                recipients_t.c.phone,
+                                recipients_t.c.name,
+                                recipients_t.c.attributes,
+                            ).where(recipients_t.c.phone.in_(raced))
+                        )
+                    }
+                )
+        report.imported += len(new) - len([p for p in new if p in stored])
+        updates = []
+        for phone, current in stored.items():
+            ids[phone] = current.id
+            row = accepted[phone][0]
+            name = row.name or current.name
+            attributes = {**(current.attributes or {}), **row.attributes}
+            if name != current.name or attributes != (current.attributes or {}):
+                updates.append(
+                    {"b_id": current.id, "b_name": name, "b_attributes": attributes, "b_updated_at": now}
+                )
+            else:
+                report.already_stored += 1
+        report.updated += len(updates)
+        if updates and not dry_run:
+            conn.execute(self._update, updates)
+        report.added_to_list += self._add_members(conn, ids, new, now)
+        report.opted_out += len(
+            conn.execute(sa.select(optouts_t.c.phone).where(optouts_t.c.phone.in_(phones))).all()
+        )
+
+    def _add_members(self, conn: Connection, ids: dict[str, int], new: list[str], now: datetime) -> int:
+        if self.report.dry_run:
+            existing_ids = [i for p, i in ids.items()]
+            if self.list_id is None:
+                return len(new) + len(existing_ids)
+            members = set(
+                conn.execute(
+                    sa.select(members_t.c.recipient_id).where(
+                        members_t.c.list_id == self.list_id, members_t.c.recipient_id.in_(existing_ids)
+                    )
+                ).scalars()
+            )
+            return len(new) + len([i for i in existing_ids if i not in members])
+        stmt = (
+            _insert_ignore(conn, members_t)
+            .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
+            .returning(members_t.c.recipient_id)
+        )
+        rows = [
+            {"list_id": self.list_id, "recipient_id": i, "batch_id": self.batch_id, "added_at": now}
+            for i in ids.values()
+        ]
+        return len(conn.execute(stmt, rows).all())
+
+    def finish(self, conn: Connection) -> None:
+        r = self.report
+        r.unchanged = r.imported == 0 and r.updated == 0 and r.added_to_list == 0 and not r.list_created
+
+
+class _OptoutsImport(_Import):
+    kind = "optouts"
+
+    def __init__(self, *args: Any, reason: str | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reason = reason
+
+    def start(self, conn: Connection) -> None:
+        self.report.previous_batch = self._previous_batch(conn, None)
+
+    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
+        phones = list(accepted)
+        if self.report.dry_run:
+            before = set(
+                conn.execute(sa.select(optouts_t.c.phone).where(optouts_t.c.phone.in_(phones))).scalars()
+            )
+            added = [p for p in phones if p not in before]
+        else:
+            added = add_optouts(
+                conn,
+                phones,
+                source="import",
+                at=self.clock.now(),
+                actor=self.actor,
+                reason=self.reason,
+                details={"batch": self.batch_id},
+            )
+        self.report.imported += len(added)
+        self.report.already_stored += len(phones) - len(added)
+
+    def finish(self, conn: Connection) -> None:
+        self.report.unchanged = self.report.imported == 0
+
+
+def import_recipients(
+    engine: Engine,
+    path: Path,
+    *,
+    list_name: str,
+    clock: Clock,
+    actor: str,
+    region: str = "CN",
+    encoding: str = "auto",
+    phone_column: str | None = None,
+    allow_landline: bool = False,
+    dry_run: bool = False,
+    rejects_path: Path | None = None,
+    progress: Progress | None = None,
+    chunk_size: int = CHUNK,
+) -> ImportReport:
+    """Import recipients from ``path`` into the list ``list_name`` (created if missing)."""
+    try:
+        validate_list_name(list_name)
+    except ListError as exc:
+        raise ImportFailed(str(exc)) from None
+    normaliser = _normaliser(region, allow_landline=allow_landline)
+    layout = _open(path, encoding, phone_column)
+    report = _report("recipients", layout, dry_run, rejects_path)
+    report.list = list_name
+    with RejectsFile(rejects_path, path) as rejects:
+        job = _RecipientsImport(
+            engine,
+            layout,
+            normaliser,
+            report,
+            clock=clock,
+            actor=actor,
+            rejects=rejects,
+            progress=progress,
+            chunk_size=chunk_size,
+            list_name=list_name,
+        )
+        return job.run()
+
+
+def import_optouts(
+    engine: Engine,
+    path: Path,
+    *,
+    clock: Clock,
+    actor: str,
+    region: str = "CN",
+    encoding: str = "auto",
+    phone_column: str | None = None,
+    reason: str | None = None,
+    dry_run: bool = False,
+    rejects_path: Path | None = None,
+    progress: Progress | None = None,
+    chunk_size: int = CHUNK,
+) -> ImportReport:
+    """Opt out every valid number of ``path`` (any number type; source ``import``)."""
+    normaliser = _normaliser(region, mobile_only=False)
+    layout = _open(path, encoding, phone_column)
+    report = _report("optouts", layout, dry_run, rejects_path)
+    with RejectsFile(rejects_path, path) as rejects:
+        job = _OptoutsImport(
+            engine,
+            layout,
+            normaliser,
+            report,
+            clock=clock,
+            actor=actor,
+            rejects=rejects,
+            progress=progress,
+            chunk_size=chunk_size,
+            reason=reason,
+        )
+        return job.run()
+
+
+def _report(kind: str, layout: Layout, dry_run: bool, rejects_path: Path | None) -> ImportReport:
+    return ImportReport(
+        kind=kind,
+        file=str(layout.path),
+        sha256=layout.sha256,
+        encoding=layout.encoding,
+        dry_run=dry_run,
+        rejects_file=str(rejects_path) if rejects_path else None,
+        phone_column=layout.phone_header,
+        attributes=[key for _, key in layout.attributes],
+    )
+
+
+def reason_text(code: str) -> str:
+    """The operator's sentence for a reject reason code."""
+    return REASONS.get(code) or ROW_REASONS.get(code, code)
+
+
+def batches(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest import batches, newest first."""
+    from broadcaster.models import RecipientList
+
+    lists_t = RecipientList.__table__
+    rows = conn.execute(
+        sa.select(batches_t, lists_t.c.name.label("list"))
+        .outerjoin(lists_t, lists_t.c.id == batches_t.c.list_id)
+        .order_by(batches_t.c.id.desc())
+        .limit(limit)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def batch_rejects(conn: Connection, batch_id: int) -> list[dict[str, Any]]:
+    """The rows refused by one import batch, in file order."""
+    if conn.execute(sa.select(batches_t.c.id).where(batches_t.c.id == batch_id)).first() is None:
+        raise ImportFailed(f"no import batch {batch_id}")
+    rows = conn.execute(
+        sa.select(rejects_t.c.row_number, rejects_t.c.raw_value, rejects_t.c.reason, rejects_t.c.detail)
+        .where(rejects_t.c.batch_id == batch_id)
+        .order_by(rejects_t.c.row_number)
+    ).mappings()
+    return [dict(r) for r in rows]
