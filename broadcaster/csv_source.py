@@ -150,7 +150,7 @@ def read_rows(layout: Layout) -> Iterator[Row]:
     """Stream the non-blank data rows of an inspected file."""
     width = len(layout.header) if layout.header is not None else 1
     phone_i, name_i, attributes = layout.phone_index, layout.name_index, layout.attributes
-    for number, fields in _records(layout.path, layout.encoding, layout.delimiter):
+    for number, fields in _records(layout.path, layout.encoding, layout.delimiter, check=False):
         if number <= layout.header_row or _is_blank(fields):
             continue
         n = len(fields)
@@ -204,11 +204,16 @@ def _sniff_delimiter(path: Path, encoding: str) -> str:
     return best if counts[best] else ","
 
 
-def _records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(spreadsheet row number, fields) for every record, blank ones included."""
+def _records(
+    path: Path, encoding: str, delimiter: str, *, check: bool = True
+) -> Iterator[tuple[int, list[str]]]:
+    """(spreadsheet row number, fields) for every record, blank ones included.
+
+    ``check``: refuse control characters (binary data); the second pass skips what the first did.
+    """
     try:
         with path.open(encoding=encoding, newline="") as f:
-            reader = csv.reader(_checked_lines(path, f), delimiter=delimiter)
+            reader = csv.reader(_checked_lines(path, f) if check else f, delimiter=delimiter)
             number = 0
             try:
                 for fields in reader:
@@ -240,7 +245,7 @@ def _decode_message(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
 
 
 def _is_blank(fields: list[str]) -> bool:
-    return all(not f.strip() for f in fields)
+    return not "".join(fields).strip()
 
 
 def _map_columns(

@@ -38,8 +38,8 @@ from sqlalchemy.engine import Connection, Engine
 from broadcaster import db
 from broadcaster.clock import Clock
 from broadcaster.csv_source import Layout, Row, SourceError, inspect, read_rows
-from broadcaster.lists import ListError, ensure_list, find_list, validate_list_name
-from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient
+from broadcaster.lists import ListError, ensure_list, find_list, list_summary, validate_list_name
+from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient, UTCDateTime
 from broadcaster.optouts import add_optouts
 from broadcaster.phones import REASONS, Normalised, PhoneNormaliser
 from broadcaster.runs import _insert_ignore
@@ -90,7 +90,8 @@ class ImportReport:
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     added_to_list: int = 0
-    opted_out: int = 0
+    list_size: int | None = None  # the list after the import (dry run: as it is now)
+    list_opted_out: int | None = None  # of its members, how many are opted out (never sent to)
     list_created: bool = False
     unchanged: bool = False
     previous_batch: dict[str, Any] | None = None
@@ -145,31 +146,59 @@ class RejectsFile:
             self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
 
 
-class _SeenNumbers:
-    """Numbers already met in this file, in a temporary table of the import's connection."""
+class _Staging:
+    """Two temporary tables on the import's own connection, so that memory stays flat.
+
+    ``seen``: every number met so far in this file (finds repeats across chunks).
+    ``stage``: the current chunk's accepted numbers, first occurrence each, with ``dup`` set when
+    the number was met in an earlier chunk. Set-based statements join it with the real tables, so
+    every statement's SQL is the same from chunk to chunk (no IN lists of thousands of values, which
+    would each compile, and be cached by sqlite3, as a new statement).
+    """
 
     def __init__(self) -> None:
-        self.table = sa.Table(
+        metadata = sa.MetaData()
+        self.seen = sa.Table(
             "broadcaster_import_seen",
-            sa.MetaData(),
+            metadata,
             sa.Column("phone", sa.String(20), primary_key=True),
+            prefixes=["TEMPORARY"],
+        )
+        self.stage = sa.Table(
+            "broadcaster_import_stage",
+            metadata,
+            sa.Column("phone", sa.String(20), primary_key=True),
+            sa.Column("name", sa.String(200)),
+            sa.Column("attributes", sa.JSON()),
+            sa.Column("region", sa.String(4)),
+            sa.Column("dup", sa.Boolean(create_constraint=False), nullable=False),
             prefixes=["TEMPORARY"],
         )
 
     def create(self, conn: Connection) -> None:
         self.drop(conn)  # left over by an import that died on this pooled connection
-        self.table.create(conn)
+        self.seen.create(conn)
+        self.stage.create(conn)
 
     def drop(self, conn: Connection) -> None:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table.name}")
+        for table in (self.stage, self.seen):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")
 
-    def first_time(self, conn: Connection, phones: list[str]) -> set[str]:
-        """Remember ``phones``; return those not met before."""
-        met = set(conn.execute(sa.select(self.table.c.phone).where(self.table.c.phone.in_(phones))).scalars())
-        new = [p for p in phones if p not in met]
-        if new:
-            conn.execute(sa.insert(self.table), [{"phone": p} for p in new])
-        return set(new)
+    def load(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """Stage a chunk (phone, name, attributes, region); returns how many were met before."""
+        stage, seen = self.stage, self.seen
+        conn.execute(sa.delete(stage))
+        conn.execute(sa.insert(stage), [{**r, "dup": False} for r in rows])
+        repeated = conn.execute(
+            sa.update(stage).where(stage.c.phone.in_(sa.select(seen.c.phone))).values(dup=True)
+        ).rowcount
+        conn.execute(sa.insert(seen).from_select(["phone"], sa.select(stage.c.phone).where(~stage.c.dup)))
+        return repeated
+
+    @property
+    def fresh(self) -> sa.ColumnElement[bool]:
+        """Staged rows met for the first time in this file."""
+        return ~self.stage.c.dup
 
 
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
@@ -224,7 +253,7 @@ class _Import:
         self.rejects = rejects
         self.progress = progress
         self.chunk_size = chunk_size
-        self.seen = _SeenNumbers()
+        self.staging = _Staging()
         self.batch_id: int | None = None
         self.started_at: datetime | None = None
         self.reasons: Counter[str] = Counter()
@@ -233,7 +262,7 @@ class _Import:
         if self.report.dry_run:
             with db.reading(self.engine) as conn:
                 self._run(conn, lambda: _NoTransaction())
-                self.seen.drop(conn)
+                self.staging.drop(conn)
         else:
             with self.engine.connect() as conn:
                 try:
@@ -243,7 +272,7 @@ class _Import:
                         if conn.in_transaction():
                             conn.rollback()
                         with conn.begin():
-                            self.seen.drop(conn)
+                            self.staging.drop(conn)
         self.report.rejected_by_reason = dict(sorted(self.reasons.items()))
         self.report.duplicates = self.report.duplicates_in_file + self.report.already_stored
         return self.report
@@ -251,7 +280,7 @@ class _Import:
     def _run(self, conn: Connection, transaction: Callable[[], Any]) -> None:
         self.started_at = self.clock.now()
         with transaction():
-            self.seen.create(conn)
+            self.staging.create(conn)
             self.start(conn)
             if not self.report.dry_run:
                 self.batch_id = self._insert_batch(conn)
@@ -292,11 +321,14 @@ class _Import:
                 continue
             first[result.phone] = (row, result)  # type: ignore[index]
         if first:
-            new = self.seen.first_time(conn, list(first))
-            report.duplicates_in_file += len(first) - len(new)
-            accepted = {p: v for p, v in first.items() if p in new}
-            if accepted:
-                self.accept(conn, accepted)
+            staged = [
+                {"phone": p, "name": row.name, "attributes": row.attributes, "region": result.region}
+                for p, (row, result) in first.items()
+            ]
+            repeated = self.staging.load(conn, staged)
+            report.duplicates_in_file += repeated
+            if repeated < len(first):
+                self.accept(conn, first, len(first) - repeated)
         if rejects:
             report.rejected += len(rejects)
             self.reasons.update(r["reason"] for r in rejects)
@@ -395,7 +427,8 @@ class _Import:
     def start(self, conn: Connection) -> None:
         raise NotImplementedError
 
-    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
+    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
+        """Store the chunk's ``fresh`` staged numbers (``first``: phone → its first row in the chunk)."""
         raise NotImplementedError
 
     def finish(self, conn: Connection) -> None:
@@ -424,7 +457,6 @@ class _RecipientsImport(_Import):
             .values(
                 name=sa.bindparam("b_name", type_=recipients_t.c.name.type),
                 attributes=sa.bindparam("b_attributes", type_=recipients_t.c.attributes.type),
-                updated_at=sa.bindparam("b_updated_at", type_=recipients_t.c.updated_at.type),
             )
         )
 
@@ -446,101 +478,88 @@ class _RecipientsImport(_Import):
             return NAME_TOO_LONG, ROW_REASONS[NAME_TOO_LONG]
         return reason, detail
 
-    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
+    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
         report, dry_run = self.report, self.report.dry_run
-        now = self.clock.now()
-        phones = list(accepted)
-        stored = {
-            r.phone: r
-            for r in conn.execute(
-                sa.select(
-                    recipients_t.c.id, recipients_t.c.phone, recipients_t.c.name, recipients_t.c.attributes
-                ).where(recipients_t.c.phone.in_(phones))
+        stage, fresh_rows = self.staging.stage, self.staging.fresh
+        now = sa.literal(self.clock.now(), UTCDateTime())
+        stored = self._stored(conn, sa.true())
+        if dry_run:
+            report.imported += fresh - len(stored)
+        else:
+            new = sa.select(stage.c.phone, stage.c.name, stage.c.attributes, stage.c.region, now, now).where(
+                fresh_rows, ~sa.exists().where(recipients_t.c.phone == stage.c.phone)
             )
-        }
-        ids: dict[str, int] = {}
-        new = [p for p in phones if p not in stored]
-        if new and not dry_run:
-            stmt = (
-                _insert_ignore(conn, recipients_t)
-                .on_conflict_do_nothing(index_elements=["phone"])
-                .returning(recipients_t.c.id, recipients_t.c.phone)
+            inserted = set(
+                conn.execute(
+                    _insert_ignore(conn, recipients_t)
+                    .from_select(["phone", "name", "attributes", "region", "created_at", "updated_at"], new)
+                    .on_conflict_do_nothing(index_elements=["phone"])
+                    .returning(recipients_t.c.phone)
+                ).scalars()
             )
-            rows = [
-                {
-                    "phone": p,
-                    "name": accepted[p][0].name,
-                    "attributes": accepted[p][0].attributes,
-                    "region": accepted[p][1].region,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for p in new
-            ]
-            ids.update({phone: id_ for id_, phone in conn.execute(stmt, rows)})
-            raced = [p for p in new if p not in ids]  # inserted meanwhile by a concurrent import
-            if raced:
-                stored.update(
-                    {
-                        r.phone: r
-                        for r in conn.execute(
-                            sa.select(
-                                recipients_t.c.id,
-                                recipients_t.c.phone,
-                                recipients_t.c.name,
-                                recipients_t.c.attributes,
-                            ).where(recipients_t.c.phone.in_(raced))
-                        )
-                    }
-                )
-        report.imported += len(new) - len([p for p in new if p in stored])
+            report.imported += len(inserted)
+            if len(inserted) + len(stored) < fresh:  # some were inserted meanwhile by another import
+                known = stored.keys() | inserted
+                stored.update(self._stored(conn, stage.c.phone.not_in(known)))
         updates = []
         for phone, current in stored.items():
-            ids[phone] = current.id
-            row = accepted[phone][0]
+            row = first[phone][0]
             name = row.name or current.name
             attributes = {**(current.attributes or {}), **row.attributes}
             if name != current.name or attributes != (current.attributes or {}):
-                updates.append(
-                    {"b_id": current.id, "b_name": name, "b_attributes": attributes, "b_updated_at": now}
-                )
+                updates.append({"b_id": current.id, "b_name": name, "b_attributes": attributes})
             else:
                 report.already_stored += 1
         report.updated += len(updates)
         if updates and not dry_run:
-            conn.execute(self._update, updates)
-        report.added_to_list += self._add_members(conn, ids, new, now)
-        report.opted_out += len(
-            conn.execute(sa.select(optouts_t.c.phone).where(optouts_t.c.phone.in_(phones))).all()
-        )
+            conn.execute(self._update.values(updated_at=now), updates)
+        report.added_to_list += self._add_members(conn, now)
 
-    def _add_members(self, conn: Connection, ids: dict[str, int], new: list[str], now: datetime) -> int:
-        if self.report.dry_run:
-            existing_ids = [i for p, i in ids.items()]
-            if self.list_id is None:
-                return len(new) + len(existing_ids)
-            members = set(
-                conn.execute(
-                    sa.select(members_t.c.recipient_id).where(
-                        members_t.c.list_id == self.list_id, members_t.c.recipient_id.in_(existing_ids)
-                    )
-                ).scalars()
-            )
-            return len(new) + len([i for i in existing_ids if i not in members])
-        stmt = (
-            _insert_ignore(conn, members_t)
-            .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
-            .returning(members_t.c.recipient_id)
+    def _stored(self, conn: Connection, where: sa.ColumnElement[bool]) -> dict[str, Any]:
+        """Recipients already stored for the chunk's first-time numbers (matching ``where``)."""
+        stage, r = self.staging.stage, recipients_t
+        rows = conn.execute(
+            sa.select(r.c.id, r.c.phone, r.c.name, r.c.attributes)
+            .join_from(stage, r, r.c.phone == stage.c.phone)
+            .where(self.staging.fresh, where)
         )
-        rows = [
-            {"list_id": self.list_id, "recipient_id": i, "batch_id": self.batch_id, "added_at": now}
-            for i in ids.values()
-        ]
-        return len(conn.execute(stmt, rows).all())
+        return {row.phone: row for row in rows}
+
+    def _add_members(self, conn: Connection, now: sa.ColumnElement[Any]) -> int:
+        stage, r, m = self.staging.stage, recipients_t, members_t
+        if self.report.dry_run:
+            fresh = sa.select(sa.func.count()).select_from(stage).where(self.staging.fresh)
+            if self.list_id is None:
+                return conn.execute(fresh).scalar_one()
+            member = sa.exists().where(m.c.list_id == self.list_id, m.c.recipient_id == r.c.id)
+            missing = (
+                sa.select(sa.func.count())
+                .select_from(stage.outerjoin(r, r.c.phone == stage.c.phone))
+                .where(self.staging.fresh, sa.or_(r.c.id.is_(None), ~member))
+            )
+            return conn.execute(missing).scalar_one()
+        rows = (
+            sa.select(
+                sa.literal(self.list_id, sa.Integer()), r.c.id, sa.literal(self.batch_id, sa.Integer()), now
+            )
+            .join_from(stage, r, r.c.phone == stage.c.phone)
+            .where(self.staging.fresh)
+        )
+        stmt = (
+            _insert_ignore(conn, m)
+            .from_select(["list_id", "recipient_id", "batch_id", "added_at"], rows)
+            .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
+        )
+        return conn.execute(stmt).rowcount
 
     def finish(self, conn: Connection) -> None:
         r = self.report
         r.unchanged = r.imported == 0 and r.updated == 0 and r.added_to_list == 0 and not r.list_created
+        if self.list_id is not None:
+            summary = list_summary(conn, self.list_name)
+            r.list_size, r.list_opted_out = summary["size"], summary["opted_out"]
+        else:
+            r.list_size, r.list_opted_out = 0, 0
 
 
 class _OptoutsImport(_Import):
@@ -553,25 +572,29 @@ class _OptoutsImport(_Import):
     def start(self, conn: Connection) -> None:
         self.report.previous_batch = self._previous_batch(conn, None)
 
-    def accept(self, conn: Connection, accepted: dict[str, tuple[Row, Normalised]]) -> None:
-        phones = list(accepted)
+    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
+        stage = self.staging.stage
         if self.report.dry_run:
-            before = set(
-                conn.execute(sa.select(optouts_t.c.phone).where(optouts_t.c.phone.in_(phones))).scalars()
-            )
-            added = [p for p in phones if p not in before]
+            known = sa.exists().where(optouts_t.c.phone == stage.c.phone)
+            before = conn.execute(
+                sa.select(sa.func.count()).select_from(stage).where(self.staging.fresh, known)
+            ).scalar_one()
+            added = fresh - before
         else:
-            added = add_optouts(
-                conn,
-                phones,
-                source="import",
-                at=self.clock.now(),
-                actor=self.actor,
-                reason=self.reason,
-                details={"batch": self.batch_id},
+            phones = conn.execute(sa.select(stage.c.phone).where(self.staging.fresh)).scalars()
+            added = len(
+                add_optouts(
+                    conn,
+                    phones,
+                    source="import",
+                    at=self.clock.now(),
+                    actor=self.actor,
+                    reason=self.reason,
+                    details={"batch": self.batch_id},
+                )
             )
-        self.report.imported += len(added)
-        self.report.already_stored += len(phones) - len(added)
+        self.report.imported += added
+        self.report.already_stored += fresh - added
 
     def finish(self, conn: Connection) -> None:
         self.report.unchanged = self.report.imported == 0

@@ -112,7 +112,7 @@ class PhoneNormaliser:
         *,
         mobile_only: bool = True,
         allow_landline: bool = False,
-        cache_size: int = 200_000,
+        cache_size: int = 100_000,
     ) -> None:
         region = region.upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
@@ -121,20 +121,22 @@ class PhoneNormaliser:
         self.mobile_only = mobile_only
         self.allow_landline = allow_landline
         self._cache_size = cache_size
-        self._by_raw: dict[str, Normalised] = {}
-        self._by_national: dict[str, Normalised] = {}
+        self._cache: dict[str, Normalised] = {}  # raw value, or 11 national digits → outcome
         self._fast = region == "CN"
 
     def __call__(self, raw: str | None) -> Normalised:
         if raw is None:
             return Normalised(reason=EMPTY)
-        found = self._by_raw.get(raw)
+        found = self._cache.get(raw)
         if found is None:
             found = self._normalise(raw)
-            if len(self._by_raw) >= self._cache_size:  # bounded: memory stays flat on huge files
-                self._by_raw.clear()
-            self._by_raw[raw] = found
+            self._remember(raw, found)
         return found
+
+    def _remember(self, key: str, value: Normalised) -> None:
+        if len(self._cache) >= self._cache_size:  # bounded: memory stays flat on huge files
+            self._cache.clear()
+        self._cache[key] = value
 
     def _normalise(self, raw: str) -> Normalised:
         text = clean(raw)
@@ -149,13 +151,11 @@ class PhoneNormaliser:
         return self._full(text)
 
     def _cn_eleven_digits(self, national: str) -> Normalised:
-        found = self._by_national.get(national)
+        found = self._cache.get(national)  # the same number written another way was seen before
         if found is None:
             number = phonenumbers.PhoneNumber(country_code=86, national_number=int(national))
             found = self._judge(number, phonenumbers.number_type(number), "CN")
-            if len(self._by_national) >= self._cache_size:
-                self._by_national.clear()
-            self._by_national[national] = found
+            self._remember(national, found)
         return found
 
     def _full(self, text: str) -> Normalised:

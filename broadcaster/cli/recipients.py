@@ -144,9 +144,8 @@ def _print_report(app: AppContext, r: ImportReport) -> None:
             f"{r.duplicates_in_file} repeated in the file, {r.already_stored} {stored}",
         ),
         ("rejected", r.rejected, ", ".join(f"{k} {v}" for k, v in r.rejected_by_reason.items())),
-        ("added to list", r.added_to_list, "") if r.kind == "recipients" else None,
-        ("opted out", r.opted_out, "of these numbers are opted out and will not be sent to")
-        if r.kind == "recipients" and r.opted_out
+        ("added to list", r.added_to_list, f"list now {r.list_size}, of whom {r.list_opted_out} opted out")
+        if r.kind == "recipients"
         else None,
     ]
     for line in filter(None, lines):
