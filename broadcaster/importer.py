@@ -189,9 +189,9 @@ class _Staging:
         stage, seen = self.stage, self.seen
         conn.execute(sa.delete(stage))
         conn.execute(sa.insert(stage), [{**r, "dup": False} for r in rows])
-        repeated = conn.execute(
-            sa.update(stage).where(stage.c.phone.in_(sa.select(seen.c.phone))).values(dup=True)
-        ).rowcount
+        # EXISTS, not IN (SELECT …): SQLite would drive an IN from the whole `seen` table (O(file)).
+        met = sa.exists().where(seen.c.phone == stage.c.phone)
+        repeated = conn.execute(sa.update(stage).where(met).values(dup=True)).rowcount
         conn.execute(sa.insert(seen).from_select(["phone"], sa.select(stage.c.phone).where(~stage.c.dup)))
         return repeated
 
@@ -549,8 +549,9 @@ class _RecipientsImport(_Import):
             _insert_ignore(conn, m)
             .from_select(["list_id", "recipient_id", "batch_id", "added_at"], rows)
             .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
+            .returning(m.c.recipient_id)  # (rowcount of INSERT … SELECT is -1 with psycopg)
         )
-        return conn.execute(stmt).rowcount
+        return len(conn.execute(stmt).all())
 
     def finish(self, conn: Connection) -> None:
         r = self.report

@@ -46,9 +46,12 @@ def ensure_list(conn: Connection, name: str, *, at: datetime, actor: str) -> tup
         _insert_ignore(conn, lists_t)
         .values(name=name, created_at=at)
         .on_conflict_do_nothing(index_elements=["name"])
+        .returning(lists_t.c.id)
     )
-    created = conn.execute(stmt).rowcount == 1
-    list_id = conn.execute(sa.select(lists_t.c.id).where(lists_t.c.name == name)).scalar_one()
+    list_id = conn.execute(stmt).scalar()
+    created = list_id is not None
+    if list_id is None:
+        list_id = conn.execute(sa.select(lists_t.c.id).where(lists_t.c.name == name)).scalar_one()
     if created:
         record_action(conn, at=at, actor=actor, action="list.created", details={"list": name})
     return list_id, created

@@ -41,7 +41,7 @@ REASONS: dict[str, str] = {
     INVALID_COUNTRY_CODE: "unknown country calling code",
     TOO_SHORT: "too short for a phone number",
     TOO_LONG: "too long for a phone number",
-    INVALID: "not a valid number in its numbering plan (e.g. a 154 prefix)",
+    INVALID: "not a valid number in its numbering plan (no such prefix, or wrong length)",
     LANDLINE: "a fixed-line number, not a mobile (use --allow-landline to accept)",
     NOT_MOBILE: "not a mobile number",
 }
