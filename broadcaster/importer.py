@@ -168,6 +168,7 @@ class _Staging:
             "broadcaster_import_stage",
             metadata,
             sa.Column("phone", sa.String(20), primary_key=True),
+            sa.Column("row_number", sa.Integer(), nullable=False),
             sa.Column("name", sa.String(200)),
             sa.Column("attributes", sa.JSON()),
             sa.Column("region", sa.String(4)),
@@ -185,7 +186,7 @@ class _Staging:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")
 
     def load(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        """Stage a chunk (phone, name, attributes, region); returns how many were met before."""
+        """Stage a chunk (phone, row_number, name, attributes, region); returns how many were met before."""
         stage, seen = self.stage, self.seen
         conn.execute(sa.delete(stage))
         conn.execute(sa.insert(stage), [{**r, "dup": False} for r in rows])
@@ -322,7 +323,13 @@ class _Import:
             first[result.phone] = (row, result)  # type: ignore[index]
         if first:
             staged = [
-                {"phone": p, "name": row.name, "attributes": row.attributes, "region": result.region}
+                {
+                    "phone": p,
+                    "row_number": row.number,
+                    "name": row.name,
+                    "attributes": row.attributes,
+                    "region": result.region,
+                }
                 for p, (row, result) in first.items()
             ]
             repeated = self.staging.load(conn, staged)
@@ -486,8 +493,10 @@ class _RecipientsImport(_Import):
         if dry_run:
             report.imported += fresh - len(stored)
         else:
-            new = sa.select(stage.c.phone, stage.c.name, stage.c.attributes, stage.c.region, now, now).where(
-                fresh_rows, ~sa.exists().where(recipients_t.c.phone == stage.c.phone)
+            new = (
+                sa.select(stage.c.phone, stage.c.name, stage.c.attributes, stage.c.region, now, now)
+                .where(fresh_rows, ~sa.exists().where(recipients_t.c.phone == stage.c.phone))
+                .order_by(stage.c.row_number)  # ids in file order
             )
             inserted = set(
                 conn.execute(
@@ -544,6 +553,7 @@ class _RecipientsImport(_Import):
             )
             .join_from(stage, r, r.c.phone == stage.c.phone)
             .where(self.staging.fresh)
+            .order_by(stage.c.row_number)
         )
         stmt = (
             _insert_ignore(conn, m)
@@ -582,7 +592,9 @@ class _OptoutsImport(_Import):
             ).scalar_one()
             added = fresh - before
         else:
-            phones = conn.execute(sa.select(stage.c.phone).where(self.staging.fresh)).scalars()
+            phones = conn.execute(
+                sa.select(stage.c.phone).where(self.staging.fresh).order_by(stage.c.row_number)
+            ).scalars()
             added = len(
                 add_optouts(
                     conn,
