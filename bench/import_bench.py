@@ -123,7 +123,7 @@ def baseline(values: list[str]) -> float:
 
 
 def run_import(csv_path: Path, db_path: Path) -> tuple[float, float, dict]:
-    """(wall seconds, peak RSS MB of the child, its JSON report)."""
+    """(wall seconds, CPU seconds, peak RSS MB of the child, its JSON report)."""
     env = dict(os.environ)
     env.update(
         BROADCASTER_DATABASE_URL=f"sqlite:///{db_path}",
@@ -131,7 +131,8 @@ def run_import(csv_path: Path, db_path: Path) -> tuple[float, float, dict]:
         BROADCASTER_ACTOR="bench",
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     proc = subprocess.run(
         [
@@ -152,10 +153,11 @@ def run_import(csv_path: Path, db_path: Path) -> tuple[float, float, dict]:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"import failed ({proc.returncode}): {proc.stderr.strip()}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu_before
     if peak <= before:
         print("  (peak RSS of this child not above an earlier child's; figure is an upper bound)")
-    return wall, peak / 1024, json.loads(proc.stdout)
+    return wall, cpu, peak / 1024, json.loads(proc.stdout)
 
 
 def main() -> None:
@@ -179,7 +181,8 @@ def main() -> None:
         f"generated {args.rows:,} rows ({size_mb:.1f} MB, {args.encoding}) in {time.perf_counter() - t:.1f} s"
     )
 
-    wall, rss_mb, report = run_import(csv_path, db_path)
+    load = os.getloadavg()[0]
+    wall, cpu, rss_mb, report = run_import(csv_path, db_path)
     keys = ("rows", "imported", "updated", "duplicates", "duplicates_in_file", "already_stored", "rejected")
     print("import report: " + ", ".join(f"{k} {report[k]:,}" for k in keys))
     print(f"  rejected by reason: {report['rejected_by_reason']}")
@@ -188,14 +191,17 @@ def main() -> None:
 
     per_value = baseline(sample)
     base = per_value * args.rows
-    print(f"import:   {wall:6.1f} s  {args.rows / wall:>10,.0f} rows/s  peak RSS {rss_mb:.0f} MB")
+    print(
+        f"import:   {wall:6.1f} s  {args.rows / wall:>10,.0f} rows/s  peak RSS {rss_mb:.0f} MB  "
+        f"(CPU {cpu:.1f} s over its threads; load average {load:.1f} before the import)"
+    )
     print(
         f"baseline: {base:6.1f} s  {1 / per_value:>10,.0f} rows/s  (bare phonenumbers parse+validate, "
         f"{per_value * 1e6:.1f} µs/value on a {len(sample):,}-value sample of the same file)"
     )
     print(f"ratio import/baseline: {wall / base:.2f}")
     if args.reimport:
-        wall2, rss2, report2 = run_import(csv_path, db_path)
+        wall2, _, rss2, report2 = run_import(csv_path, db_path)
         print(
             f"re-import: {wall2:6.1f} s  {args.rows / wall2:>10,.0f} rows/s  peak RSS {rss2:.0f} MB  "
             f"imported {report2['imported']}, updated {report2['updated']}, unchanged {report2['unchanged']}"

@@ -4,11 +4,13 @@ How one import goes (``docs/recipients.md`` has the operator's view):
 - :func:`csv_source.inspect` reads the whole file first, so a file that cannot be processed is
   refused before anything is written.
 - Rows are then streamed in chunks of a few thousand. Per chunk: each distinct raw value is
-  normalised once, existing numbers are looked up with one ``IN`` query, new recipients, updates,
-  memberships and rejects are written with Core batch statements, and the chunk is committed (one
-  short write transaction per chunk, so a sending dispatcher is never blocked for long).
-- Numbers already seen earlier in the same file are remembered in a temporary table on the import's
-  own connection, not in memory, so memory stays flat whatever the file size.
+  normalised once; the accepted numbers are written to a temporary staging table with one Core
+  executemany; set-based statements joining it with the real tables find repeats and stored
+  numbers, insert new recipients and memberships; changed recipients are updated with one
+  executemany, rejects inserted with another; then the chunk is committed (one short write
+  transaction per chunk, so a sending dispatcher is never blocked for long).
+- Numbers already seen earlier in the same file are remembered in another temporary table on the
+  import's own connection, not in memory, so memory stays flat whatever the file size.
 - Counts: ``rows = imported + updated + duplicates + rejected``, with
   ``duplicates = duplicates_in_file + already_stored``.
 - Re-importing changes nothing: numbers already stored with the same details count as
@@ -42,6 +44,7 @@ from broadcaster.lists import ListError, ensure_list, find_list, list_summary, v
 from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient, UTCDateTime
 from broadcaster.optouts import add_optouts
 from broadcaster.phones import REASONS, Normalised, PhoneNormaliser
+from broadcaster.pipeline import Pipeline
 from broadcaster.runs import _insert_ignore
 from broadcaster.trail import current_host, record_action
 
@@ -96,11 +99,10 @@ class ImportReport:
     unchanged: bool = False
     previous_batch: dict[str, Any] | None = None
     rejects_file: str | None = None
-    first_rejects: list[dict[str, Any]] = field(
-        default_factory=builtins.list
-    )  # `list` is a field name here  # up to FIRST_REJECTS
+    # (builtins.list: `list` is a field name in this class)
+    first_rejects: list[dict[str, Any]] = field(default_factory=builtins.list)  # up to FIRST_REJECTS
     phone_column: str | None = None
-    attributes: list[str] = field(default_factory=builtins.list)  # `list` is a field name here
+    attributes: list[str] = field(default_factory=builtins.list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,10 +160,17 @@ class _Staging:
 
     def __init__(self) -> None:
         metadata = sa.MetaData()
+        # Keyed by the E.164 digits as an integer: on SQLite that is the rowid itself, the cheapest
+        # B-tree there is to insert into and probe.
         self.seen = sa.Table(
             "broadcaster_import_seen",
             metadata,
-            sa.Column("phone", sa.String(20), primary_key=True),
+            sa.Column(
+                "key",
+                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                primary_key=True,
+                autoincrement=False,
+            ),
             prefixes=["TEMPORARY"],
         )
         self.stage = sa.Table(
@@ -172,7 +181,7 @@ class _Staging:
             sa.Column("name", sa.String(200)),
             sa.Column("attributes", sa.JSON()),
             sa.Column("region", sa.String(4)),
-            sa.Column("dup", sa.Boolean(create_constraint=False), nullable=False),
+            sa.Column("dup", sa.Boolean(create_constraint=False), nullable=False, server_default=sa.false()),
             prefixes=["TEMPORARY"],
         )
 
@@ -189,17 +198,27 @@ class _Staging:
         """Stage a chunk (phone, row_number, name, attributes, region); returns how many were met before."""
         stage, seen = self.stage, self.seen
         conn.execute(sa.delete(stage))
-        conn.execute(sa.insert(stage), [{**r, "dup": False} for r in rows])
+        conn.execute(sa.insert(stage), rows)
+        key = sa.cast(sa.func.substr(stage.c.phone, 2), seen.c.key.type)  # +8613800138000 → 8613800138000
         # EXISTS, not IN (SELECT …): SQLite would drive an IN from the whole `seen` table (O(file)).
-        met = sa.exists().where(seen.c.phone == stage.c.phone)
+        met = sa.exists().where(seen.c.key == key)
         repeated = conn.execute(sa.update(stage).where(met).values(dup=True)).rowcount
-        conn.execute(sa.insert(seen).from_select(["phone"], sa.select(stage.c.phone).where(~stage.c.dup)))
+        conn.execute(sa.insert(seen).from_select(["key"], sa.select(key).where(~stage.c.dup)))
         return repeated
 
     @property
     def fresh(self) -> sa.ColumnElement[bool]:
         """Staged rows met for the first time in this file."""
         return ~self.stage.c.dup
+
+
+@dataclass
+class _Prepared:
+    """A chunk made ready for writing: first row of each accepted number, staging rows, rejects."""
+
+    first: dict[str, tuple[Row, Normalised]]
+    staged: list[dict[str, Any]]
+    rejects: list[dict[str, Any]]
 
 
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
@@ -258,6 +277,10 @@ class _Import:
         self.batch_id: int | None = None
         self.started_at: datetime | None = None
         self.reasons: Counter[str] = Counter()
+        # Repeats found while preparing (same chunk) and while writing (earlier chunks): two
+        # counters, because the two halves run in different threads.
+        self.repeats_in_chunk = 0
+        self.repeats_across_chunks = 0
 
     def run(self) -> ImportReport:
         if self.report.dry_run:
@@ -274,8 +297,6 @@ class _Import:
                             conn.rollback()
                         with conn.begin():
                             self.staging.drop(conn)
-        self.report.rejected_by_reason = dict(sorted(self.reasons.items()))
-        self.report.duplicates = self.report.duplicates_in_file + self.report.already_stored
         return self.report
 
     def _run(self, conn: Connection, transaction: Callable[[], Any]) -> None:
@@ -286,19 +307,26 @@ class _Import:
             if not self.report.dry_run:
                 self.batch_id = self._insert_batch(conn)
                 self.report.batch = self.batch_id
-        done = 0
-        for chunk in _chunks(read_rows(self.layout), self.chunk_size):
+
+        def write(prepared: _Prepared) -> None:  # in the pipeline's thread
             with transaction():
-                self._chunk(conn, chunk)
-            done += len(chunk)
-            if self.progress:
-                self.progress(done, self.layout.data_rows)
+                self._write(conn, prepared)
+
+        done = 0
+        with Pipeline(write, name="import-writer") as pipeline:
+            for chunk in _chunks(read_rows(self.layout), self.chunk_size):
+                pipeline.put(self._prepare(chunk))
+                done += len(chunk)
+                if self.progress:
+                    self.progress(done, self.layout.data_rows)
+        self._totals()
         with transaction():
             self.finish(conn)
             if not self.report.dry_run:
                 self._finish_batch(conn)
 
-    def _chunk(self, conn: Connection, chunk: list[Row]) -> None:
+    def _prepare(self, chunk: list[Row]) -> _Prepared:
+        """The Python half of a chunk (no database): normalise, sort out rejects and repeats."""
         report = self.report
         report.rows += len(chunk)
         rejects: list[dict[str, Any]] = []
@@ -318,29 +346,22 @@ class _Import:
                 )
                 continue
             if result.phone in first:
-                report.duplicates_in_file += 1
+                self.repeats_in_chunk += 1
                 continue
             first[result.phone] = (row, result)  # type: ignore[index]
-        if first:
-            staged = [
-                {
-                    "phone": p,
-                    "row_number": row.number,
-                    "name": row.name,
-                    "attributes": row.attributes,
-                    "region": result.region,
-                }
-                for p, (row, result) in first.items()
-            ]
-            repeated = self.staging.load(conn, staged)
-            report.duplicates_in_file += repeated
-            if repeated < len(first):
-                self.accept(conn, first, len(first) - repeated)
+        staged = [
+            {
+                "phone": p,
+                "row_number": row.number,
+                "name": row.name,
+                "attributes": row.attributes,
+                "region": result.region,
+            }
+            for p, (row, result) in first.items()
+        ]
         if rejects:
             report.rejected += len(rejects)
             self.reasons.update(r["reason"] for r in rejects)
-            if not report.dry_run:
-                conn.execute(sa.insert(rejects_t), rejects)
             self.rejects.write(rejects)
             room = FIRST_REJECTS - len(report.first_rejects)
             report.first_rejects.extend(
@@ -352,6 +373,18 @@ class _Import:
                 }
                 for r in rejects[:room]
             )
+        return _Prepared(first, staged, rejects)
+
+    def _write(self, conn: Connection, prepared: _Prepared) -> None:
+        """The database half of a chunk (in the pipeline's thread, in one transaction)."""
+        if prepared.staged:
+            repeated = self.staging.load(conn, prepared.staged)
+            self.repeats_across_chunks += repeated
+            fresh = len(prepared.staged) - repeated
+            if fresh:
+                self.accept(conn, prepared.first, fresh)
+        if prepared.rejects and not self.report.dry_run:
+            conn.execute(sa.insert(rejects_t), prepared.rejects)
 
     def check(self, row: Row, result: Normalised) -> tuple[str | None, str | None]:
         """(reason, sentence) when the row is refused, else (None, None)."""
@@ -377,9 +410,14 @@ class _Import:
             .returning(batches_t.c.id)
         ).scalar_one()
 
+    def _totals(self) -> None:
+        r = self.report
+        r.duplicates_in_file = self.repeats_in_chunk + self.repeats_across_chunks
+        r.duplicates = r.duplicates_in_file + r.already_stored
+        r.rejected_by_reason = dict(sorted(self.reasons.items()))
+
     def _finish_batch(self, conn: Connection) -> None:
         r = self.report
-        r.duplicates = r.duplicates_in_file + r.already_stored
         now = self.clock.now()
         counts = {
             "rows": r.rows,
@@ -406,7 +444,7 @@ class _Import:
                 **counts,
                 "duplicates_in_file": r.duplicates_in_file,
                 "already_stored": r.already_stored,
-                "rejected_by_reason": dict(sorted(self.reasons.items())),
+                "rejected_by_reason": r.rejected_by_reason,
             },
         )
 

@@ -38,7 +38,8 @@ def test_bureau_and_machinery_samples_import_cleanly_into_their_lists(workdir: P
         ("bureau-contacts.csv", "bureau-contacts", 12),
         ("machinery-enterprises.csv", "machinery", 8),
     ):
-        result = cli("recipients", "import", SAMPLES / name, "--list", list_name, "--json")
+        # A bare file name is also looked up in the recipients folder (BROADCASTER_RECIPIENTS_DIR).
+        result = cli("recipients", "import", name, "--list", list_name, "--json")
         assert result.code == 0, result.err
         report = result.json()
         assert (report["rows"], report["imported"], report["rejected"]) == (rows, rows, 0), name

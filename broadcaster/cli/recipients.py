@@ -53,6 +53,14 @@ REJECTS = typer.Option(
 DRY_RUN = typer.Option(False, "--dry-run", help="Check the file and report what would change; write nothing.")
 
 
+def _resolve(app: AppContext, file: Path) -> Path:
+    """FILE as given, or else relative to the recipients folder (BROADCASTER_RECIPIENTS_DIR)."""
+    if file.exists() or file.is_absolute():
+        return file
+    candidate = app.settings.recipients_dir / file
+    return candidate if candidate.exists() else file
+
+
 def _local(app: AppContext, value: datetime | None) -> str:
     return value.astimezone(app.settings.tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
 
@@ -87,7 +95,9 @@ def _progress(enabled: bool, label: str) -> Iterator[Progress | None]:
 @recipients_app.command("import")
 def import_cmd(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="CSV file (Excel export, GBK/GB18030 or UTF-8)."),
+    file: Path = typer.Argument(
+        ..., help="CSV file (Excel export, GBK/GB18030 or UTF-8); also looked up in the recipients folder."
+    ),
     list_name: str = typer.Option(..., "--list", help="List to add the recipients to (created if missing)."),
     region: str = REGION,
     encoding: str = ENCODING,
@@ -103,7 +113,7 @@ def import_cmd(
         try:
             report = import_recipients(
                 app.engine,
-                file,
+                _resolve(app, file),
                 list_name=list_name,
                 clock=app.clock,
                 actor=app.actor,
@@ -399,7 +409,7 @@ def optout_import(
         try:
             report = import_optouts(
                 app.engine,
-                file,
+                _resolve(app, file),
                 clock=app.clock,
                 actor=app.actor,
                 region=region or app.settings.default_region,
