@@ -42,10 +42,12 @@ class Pipeline(Generic[T]):
 
     def _put(self, item: Any) -> None:
         while True:
-            if self._error is not None or not self._thread.is_alive():
-                if item is not _STOP:
-                    raise self._error or RuntimeError("pipeline consumer is gone")
-                return
+            if item is not _STOP and self._error is not None:
+                raise self._error
+            if not self._thread.is_alive():
+                if item is _STOP:
+                    return
+                raise self._error or RuntimeError("pipeline consumer is gone")
             try:
                 self._queue.put(item, timeout=0.1)
                 return
