@@ -49,6 +49,8 @@ from broadcaster.runs import _insert_ignore
 from broadcaster.trail import current_host, record_action
 
 CHUNK = 5000
+COMMIT_ROWS = 50_000
+SQLITE_CACHE_KIB = 64 * 1024  # page cache of the import's connection (SQLite's default is 2 MiB)
 FIRST_REJECTS = 10
 MAX_NAME = 200
 
@@ -216,9 +218,18 @@ class _Staging:
 class _Prepared:
     """A chunk made ready for writing: first row of each accepted number, staging rows, rejects."""
 
+    rows: int
     first: dict[str, tuple[Row, Normalised]]
     staged: list[dict[str, Any]]
     rejects: list[dict[str, Any]]
+
+
+def _sqlite_cache(conn: Connection, kib: int | None) -> None:
+    """Give the import's own SQLite connection a bigger page cache (None: back to the default)."""
+    if conn.dialect.name == "sqlite":
+        size = -kib if kib else -2000
+        conn.exec_driver_sql(f"PRAGMA main.cache_size = {size}")
+        conn.exec_driver_sql(f"PRAGMA temp.cache_size = {size}")
 
 
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
@@ -263,8 +274,10 @@ class _Import:
         rejects: RejectsFile,
         progress: Progress | None,
         chunk_size: int,
+        commit_rows: int = COMMIT_ROWS,
     ) -> None:
         self.engine = engine
+        self.commit_rows = commit_rows
         self.layout = layout
         self.normalise = normaliser
         self.report = report
@@ -285,32 +298,49 @@ class _Import:
     def run(self) -> ImportReport:
         if self.report.dry_run:
             with db.reading(self.engine) as conn:
-                self._run(conn, lambda: _NoTransaction())
+                self._run(conn, writes=False)
                 self.staging.drop(conn)
-        else:
-            with self.engine.connect() as conn:
-                try:
-                    self._run(conn, conn.begin)
-                finally:
-                    with contextlib.suppress(sa.exc.SQLAlchemyError):  # never hide the first error
-                        if conn.in_transaction():
-                            conn.rollback()
-                        with conn.begin():
-                            self.staging.drop(conn)
+            return self.report
+        with self.engine.connect() as conn:
+            try:
+                self._run(conn, writes=True)
+            finally:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):  # never hide the first error
+                    if conn.in_transaction():
+                        conn.rollback()
+                    with conn.begin():
+                        self.staging.drop(conn)
+                        _sqlite_cache(conn, None)
         return self.report
 
-    def _run(self, conn: Connection, transaction: Callable[[], Any]) -> None:
+    def _run(self, conn: Connection, *, writes: bool) -> None:
+        def transaction() -> Any:
+            return conn.begin() if writes else contextlib.nullcontext()
+
         self.started_at = self.clock.now()
         with transaction():
+            if writes:
+                _sqlite_cache(conn, SQLITE_CACHE_KIB)
             self.staging.create(conn)
             self.start(conn)
-            if not self.report.dry_run:
+            if writes:
                 self.batch_id = self._insert_batch(conn)
                 self.report.batch = self.batch_id
 
+        # Chunks are written in transactions of about COMMIT_ROWS rows: each commit rewrites the
+        # index pages the chunk touched, and random phone numbers touch most of a big index.
+        open_tx: list[Any] = []
+        pending = 0
+
         def write(prepared: _Prepared) -> None:  # in the pipeline's thread
-            with transaction():
-                self._write(conn, prepared)
+            nonlocal pending
+            if writes and not open_tx:
+                open_tx.append(conn.begin())
+            self._write(conn, prepared)
+            pending += prepared.rows
+            if open_tx and pending >= self.commit_rows:
+                open_tx.pop().commit()
+                pending = 0
 
         done = 0
         with Pipeline(write, name="import-writer") as pipeline:
@@ -319,10 +349,12 @@ class _Import:
                 done += len(chunk)
                 if self.progress:
                     self.progress(done, self.layout.data_rows)
+        if open_tx:
+            open_tx.pop().commit()
         self._totals()
         with transaction():
             self.finish(conn)
-            if not self.report.dry_run:
+            if writes:
                 self._finish_batch(conn)
 
     def _prepare(self, chunk: list[Row]) -> _Prepared:
@@ -373,7 +405,7 @@ class _Import:
                 }
                 for r in rejects[:room]
             )
-        return _Prepared(first, staged, rejects)
+        return _Prepared(len(chunk), first, staged, rejects)
 
     def _write(self, conn: Connection, prepared: _Prepared) -> None:
         """The database half of a chunk (in the pipeline's thread, in one transaction)."""
@@ -478,16 +510,6 @@ class _Import:
 
     def finish(self, conn: Connection) -> None:
         raise NotImplementedError
-
-
-class _NoTransaction:
-    """Dry runs work inside one read-only transaction; chunks need no transaction of their own."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 class _RecipientsImport(_Import):
@@ -597,9 +619,9 @@ class _RecipientsImport(_Import):
             _insert_ignore(conn, m)
             .from_select(["list_id", "recipient_id", "batch_id", "added_at"], rows)
             .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
-            .returning(m.c.recipient_id)  # (rowcount of INSERT … SELECT is -1 with psycopg)
+            .execution_options(preserve_rowcount=True)  # else -1 with psycopg for INSERT … SELECT
         )
-        return len(conn.execute(stmt).all())
+        return conn.execute(stmt).rowcount
 
     def finish(self, conn: Connection) -> None:
         r = self.report
