@@ -27,6 +27,7 @@ import builtins
 import contextlib
 import csv
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ from broadcaster.trail import current_host, record_action
 
 CHUNK = 5000
 COMMIT_ROWS = 50_000
+COMMIT_SECONDS = 5.0
 SQLITE_CACHE_KIB = 64 * 1024  # page cache of the import's connection (SQLite's default is 2 MiB)
 FIRST_REJECTS = 10
 MAX_NAME = 200
@@ -331,16 +333,19 @@ class _Import:
 
         # Chunks are written in transactions of about COMMIT_ROWS rows: each commit rewrites the
         # index pages the chunk touched, and random phone numbers touch most of a big index.
+        # A transaction also ends after COMMIT_SECONDS, so that other writers (a dispatcher) wait
+        # for SQLite's lock a few seconds at most.
         open_tx: list[Any] = []
-        pending = 0
+        pending, began = 0, 0.0
 
         def write(prepared: _Prepared) -> None:  # in the pipeline's thread
-            nonlocal pending
+            nonlocal pending, began
             if writes and not open_tx:
                 open_tx.append(conn.begin())
+                began = time.monotonic()
             self._write(conn, prepared)
             pending += prepared.rows
-            if open_tx and pending >= self.commit_rows:
+            if open_tx and (pending >= self.commit_rows or time.monotonic() - began >= COMMIT_SECONDS):
                 open_tx.pop().commit()
                 pending = 0
 
@@ -690,8 +695,13 @@ def import_recipients(
     rejects_path: Path | None = None,
     progress: Progress | None = None,
     chunk_size: int = CHUNK,
+    commit_rows: int = COMMIT_ROWS,
 ) -> ImportReport:
-    """Import recipients from ``path`` into the list ``list_name`` (created if missing)."""
+    """Import recipients from ``path`` into the list ``list_name`` (created if missing).
+
+    ``progress(done, total)`` is called after each chunk (from this thread); an exception it
+    raises stops the import: what was committed stays, the batch is left without ``finished_at``.
+    """
     try:
         validate_list_name(list_name)
     except ListError as exc:
@@ -711,6 +721,7 @@ def import_recipients(
             rejects=rejects,
             progress=progress,
             chunk_size=chunk_size,
+            commit_rows=commit_rows,
             list_name=list_name,
         )
         return job.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,3 +114,33 @@ def test_optout_import_through_the_api(engine: sa.Engine, tmp_path: Path) -> Non
     path = write_csv(tmp_path / "o.csv", [["phone"], ["13800138000"], ["13800138000"], ["x"]])
     report = import_optouts(engine, path, clock=CLOCK, actor="api", chunk_size=1)
     assert (report.rows, report.imported, report.duplicates_in_file, report.rejected) == (3, 1, 1, 1)
+
+
+def test_an_interrupted_import_keeps_what_it_committed_and_a_second_run_completes_it(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "a.csv", ROWS)
+
+    def stored_count() -> int:
+        with db.reading(engine) as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(Recipient.__table__)).scalar_one()
+
+    def interrupt_once_something_is_committed(done: int, total: int) -> None:
+        deadline = time.monotonic() + 10
+        while stored_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the writer thread commits the first chunk on its own
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(engine, path, chunk_size=2, commit_rows=2, progress=interrupt_once_something_is_committed)
+    with db.reading(engine) as conn:
+        batch = conn.execute(sa.select(ImportBatch.__table__)).mappings().one()
+        stored = conn.execute(sa.select(sa.func.count()).select_from(Recipient.__table__)).scalar_one()
+    assert batch["finished_at"] is None  # shown as incomplete by `recipients batches`
+    assert 1 <= stored < 4  # the first chunk(s) are committed, not the whole file
+
+    report = _run(engine, path, chunk_size=2)
+    assert report.imported + report.already_stored == 4 and report.imported == 4 - stored
+    with db.reading(engine) as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(Recipient.__table__)).scalar_one() == 4
+        assert conn.execute(sa.select(sa.func.count()).select_from(ListMember.__table__)).scalar_one() == 4
