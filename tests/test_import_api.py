@@ -33,7 +33,7 @@ def _run(engine: sa.Engine, path: Path, **kwargs):  # type: ignore[no-untyped-de
     return import_recipients(engine, path, list_name="l", clock=CLOCK, actor="api", **kwargs)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5000])
+@pytest.mark.parametrize("chunk_size", [1, 3])
 def test_counts_do_not_depend_on_chunk_boundaries(engine: sa.Engine, tmp_path: Path, chunk_size: int) -> None:
     path = write_csv(tmp_path / "a.csv", ROWS)
     dry = _run(engine, path, chunk_size=chunk_size, dry_run=True)
