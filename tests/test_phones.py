@@ -114,7 +114,7 @@ def test_agrees_with_phonenumbers_on_every_1xxx_prefix_in_every_common_form() ->
     normalise = PhoneNormaliser("CN")
     checked = 0
     for prefix in range(1000, 2000):
-        for _ in range(2):
+        for _ in range(1):
             digits = f"{prefix}{rnd.randrange(10**7):07d}"
             for raw in (
                 digits,
@@ -127,7 +127,7 @@ def test_agrees_with_phonenumbers_on_every_1xxx_prefix_in_every_common_form() ->
                 expected = _reference(raw)
                 assert (got.phone, None if got.ok else "refused") == expected, raw
                 checked += 1
-    assert checked == 10_000
+    assert checked == 5_000
 
 
 def test_each_distinct_value_is_normalised_once_and_the_cache_is_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
