@@ -114,19 +114,11 @@ def test_agrees_with_phonenumbers_on_every_1xxx_prefix_in_every_common_form() ->
     normalise = PhoneNormaliser("CN")
     checked = 0
     for prefix in range(1000, 2000):
-        for _ in range(1):
-            digits = f"{prefix}{rnd.randrange(10**7):07d}"
-            for raw in (
-                digits,
-                "+86" + digits,
-                "0086 " + digits,
-                "86" + digits,
-                f"{digits[:3]}-{digits[3:]}",
-            ):
-                got = normalise(raw)
-                expected = _reference(raw)
-                assert (got.phone, None if got.ok else "refused") == expected, raw
-                checked += 1
+        digits = f"{prefix}{rnd.randrange(10**7):07d}"
+        for raw in (digits, "+86" + digits, "0086 " + digits, "86" + digits, f"{digits[:3]}-{digits[3:]}"):
+            got = normalise(raw)
+            assert (got.phone, None if got.ok else "refused") == _reference(raw), raw
+            checked += 1
     assert checked == 5_000
 
 
