@@ -46,7 +46,11 @@ ENCODING = typer.Option(
 PHONE_COLUMN = typer.Option(
     None, "--phone-column", help="Header (or 1-based number) of the phone column, if not recognised."
 )
-REGION = typer.Option(None, "--region", help="Region for numbers without country code [default: settings].")
+REGION = typer.Option(
+    None,
+    "--region",
+    help="Region for numbers without country code (default: BROADCASTER_DEFAULT_REGION, CN).",
+)
 REJECTS = typer.Option(
     None, "--rejects", help="Write rejected rows (row, value, reason, message) to this CSV."
 )
