@@ -217,6 +217,13 @@ def test_utf8_with_bom_semicolons_and_english_headers(workdir: Path, cli) -> Non
     members = cli("lists", "show", "x", "--json").json()["members"]
     assert members[0]["name"] == "Zhang" and members[0]["attributes"] == {"Province": "Hebei"}
 
+    # Excel's "Unicode text": UTF-16 with BOM, tab-separated.
+    unicode_text = [["手机号码", "姓名"], ["13800138002", "王五"]]
+    report = _import(
+        cli, write_csv(workdir / "u.txt", unicode_text, encoding="utf-16", delimiter="\t"), "--list", "x"
+    )
+    assert report["encoding"] == "utf-16" and report["imported"] == 1
+
 
 def test_phone_column_option_landlines_and_tab_separated(workdir: Path, cli) -> None:  # type: ignore[no-untyped-def]
     rows = [["单位", "办公电话", "备用"], ["质监局", "010-62345678", "13800138000"]]
