@@ -129,6 +129,18 @@ class ImportBatch(SQLModel, table=True):
     finished_at: datetime | None = _ts()
 
 
+class ImportReject(SQLModel, table=True):
+    """A row refused at import, kept so that audit staff can later see who was not imported and why."""
+
+    __tablename__ = "import_rejects"
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(sa_column=sa.Column(sa.ForeignKey("import_batches.id"), nullable=False, index=True))
+    row_number: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))  # spreadsheet row, header = 1
+    raw_value: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    reason: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))  # a code of phones.REASONS
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # the sentence shown to operators
+
+
 class Run(SQLModel, table=True):
     """The run ledger: one row per occurrence that should send (scheduled fire or operator send)."""
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from broadcaster.models import OptOut
+from broadcaster.runs import _insert_ignore
 from broadcaster.trail import record_action
 
 optouts_t = OptOut.__table__
@@ -27,23 +29,48 @@ def add_optout(
     reason: str | None = None,
 ) -> bool:
     """Record an opt-out; returns False if the number was already opted out (nothing changes)."""
+    return bool(add_optouts(conn, [phone], source=source, at=at, actor=actor, reason=reason))
+
+
+def add_optouts(
+    conn: Connection,
+    phones: Iterable[str],
+    *,
+    source: str,
+    at: datetime,
+    actor: str,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> list[str]:
+    """Record many opt-outs in one statement; returns the numbers that were not opted out before.
+
+    Each newly opted-out number gets its own ``optout.added`` action (the trail must still tell who
+    opted a number out after the opt-out itself is lifted); ``details`` are added to each.
+    """
     if source not in SOURCES:
         raise ValueError(f"unknown opt-out source {source!r}")
-    exists = conn.execute(sa.select(optouts_t.c.id).where(optouts_t.c.phone == phone)).first()
-    if exists:
-        return False
-    conn.execute(
-        sa.insert(optouts_t),
-        {"phone": phone, "source": source, "reason": reason, "actor": actor, "created_at": at},
+    rows = [
+        {"phone": p, "source": source, "reason": reason, "actor": actor, "created_at": at}
+        for p in dict.fromkeys(phones)
+    ]
+    if not rows:
+        return []
+    stmt = (
+        _insert_ignore(conn, optouts_t)
+        .on_conflict_do_nothing(index_elements=["phone"])
+        .returning(optouts_t.c.phone)
     )
-    record_action(
-        conn,
-        at=at,
-        actor=actor,
-        action="optout.added",
-        details={"phone": phone, "source": source, "reason": reason},
-    )
-    return True
+    added = set(conn.execute(stmt, rows).scalars())
+    ordered = [r["phone"] for r in rows if r["phone"] in added]
+    for phone in ordered:
+        record_action(
+            conn,
+            at=at,
+            actor=actor,
+            action="optout.added",
+            details={"phone": phone, "source": source, "reason": reason, **(details or {})},
+        )
+    return ordered
 
 
 def remove_optout(
