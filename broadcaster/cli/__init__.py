@@ -8,7 +8,7 @@ import traceback
 
 import typer
 
-from broadcaster.cli import audit, db_cmd, recipients, schedule, sending, templates, webhooks
+from broadcaster.cli import audit, db_cmd, demo, recipients, schedule, sending, templates, webhooks
 from broadcaster.cli.common import EXIT_ERROR, AppContext, CliError, err_console
 
 app = typer.Typer(
@@ -28,7 +28,7 @@ def _root(
     ctx.obj = AppContext(actor_override=actor)
 
 
-for module in (db_cmd, recipients, templates, sending, webhooks, schedule, audit):
+for module in (db_cmd, recipients, templates, sending, webhooks, schedule, audit, demo):
     module.register(app)
 
 

@@ -1,14 +1,14 @@
 """import_rejects: rows refused at import, kept for audit
 
 Revision ID: 0006
-Revises: 0001
+Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
