@@ -288,11 +288,13 @@ def daemon(
                 for outcome in report.runs:
                     if outcome.run_id is not None:
                         dispatcher.run_until_idle(outcome.run_id)
+            sealed = d.seal()  # what this pass recorded is protected before it exits
         finally:
             d.lock.release()
         typer.echo(
             f"{len(report.runs)} run(s), {len(report.missed)} missed, {len(report.errors)} error(s); "
-            f"next fire {report.next_wake.isoformat() if report.next_wake else 'none'}"
+            f"next fire {report.next_wake.isoformat() if report.next_wake else 'none'}; "
+            f"sealed {sealed} event(s)"
         )
         if report.errors:
             raise CliError(f"{len(report.errors)} fire(s) failed: {report.errors[0]}")
