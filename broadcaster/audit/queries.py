@@ -16,7 +16,7 @@ import phonenumbers
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from broadcaster.audit.masking import mask_phone
+from broadcaster.audit.masking import mask_actor, mask_phone
 from broadcaster.models import MESSAGE_STATES, Action, Message, MessageEvent, Run
 
 messages_t = Message.__table__
@@ -284,9 +284,19 @@ def message_history(conn: Connection, message_id: int) -> dict[str, Any] | None:
     }
 
 
+def masked_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message for review: its number masked."""
+    return {**message, "phone": mask_phone(message["phone"])}
+
+
+def masked_action(action: dict[str, Any]) -> dict[str, Any]:
+    """An action for review: numbers masked in its details, and its actor if that is a number."""
+    return {**action, "actor": mask_actor(action["actor"]), "details": mask_details(action["details"])}
+
+
 def masked_history(history: dict[str, Any]) -> dict[str, Any]:
     out = dict(history)
-    out["message"] = {**history["message"], "phone": mask_phone(history["message"]["phone"])}
+    out["message"] = masked_message(history["message"])
     out["events"] = [{**e, "detail": mask_details(e["detail"])} for e in history["events"]]
-    out["actions"] = [{**a, "details": mask_details(a["details"])} for a in history["actions"]]
+    out["actions"] = [masked_action(a) for a in history["actions"]]
     return out

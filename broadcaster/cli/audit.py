@@ -210,8 +210,7 @@ def log(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Who received what, when, with what outcome (newest first)."""
-    from broadcaster.audit.masking import mask_phone
-    from broadcaster.audit.queries import FilterError, list_messages
+    from broadcaster.audit.queries import FilterError, list_messages, masked_message
 
     app = app_context(ctx)
     flt = _message_filter(app, run, campaign, status, phone, error_code, since, until)
@@ -229,8 +228,7 @@ def log(
             {"command": "audit log", "filters": filters_for_trail(flt.as_dict()), "rows": len(rows)},
         )
     else:
-        for m in rows:
-            m["phone"] = mask_phone(m["phone"])
+        rows = [masked_message(m) for m in rows]
     if as_json:
         print_json(rows)
         return
@@ -263,7 +261,7 @@ def trail(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Who imported, changed or launched what (newest first)."""
-    from broadcaster.audit.queries import ActionFilter, list_actions, mask_details
+    from broadcaster.audit.queries import ActionFilter, list_actions, masked_action
 
     app = app_context(ctx)
     flt = ActionFilter(
@@ -278,8 +276,7 @@ def trail(
     if unmask:
         _record(app, "audit.unmasked", {"command": "audit trail", "rows": len(rows)})
     else:
-        for a in rows:
-            a["details"] = mask_details(a["details"])
+        rows = [masked_action(a) for a in rows]
     if as_json:
         print_json(rows)
         return

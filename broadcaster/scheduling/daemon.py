@@ -38,12 +38,18 @@ from broadcaster.scheduling import leader
 from broadcaster.scheduling.catalog import Catalog, Job, fingerprint, load_catalog
 from broadcaster.scheduling.logs import emit, get_logger
 from broadcaster.scheduling.occurrences import next_occurrence
-from broadcaster.scheduling.runner import SCHEDULER_ACTOR, ScheduleRunner
+from broadcaster.scheduling.runner import SCHEDULER_ACTOR, ScheduleRunner, TickReport
 from broadcaster.settings import Settings
 from broadcaster.templating import TemplateStore
 from broadcaster.trail import record_action
 
 EXIT_LOST_LOCK = 3
+
+
+class LockHeldError(RuntimeError):
+    """Another daemon holds the leader lock."""
+
+
 _TICK = timedelta(microseconds=1)
 
 
@@ -296,6 +302,40 @@ class Daemon:
                 self._beat(leader.STANDBY)
                 next_beat = self.clock.now() + timedelta(seconds=self.settings.daemon_heartbeat_seconds)
         return False
+
+    def run_once(self) -> tuple[TickReport, int]:
+        """``daemon --once``: one planning pass (catch-up included), the runs it made sent (inline
+        dispatch), their events sealed. Recorded in the trail as a start and a stop (``once``).
+        Returns the pass's report and the events sealed; raises LockHeldError if a daemon is active."""
+        if not self.lock.try_acquire():
+            raise LockHeldError(f"another daemon is active ({self.lock.description})")
+        try:
+            self._trail("daemon.started", host=socket.gethostname(), once=True)
+            self.load()
+            report = self.runner.tick()
+            if self.dispatch == "inline" and report.runs:
+                from broadcaster.providers import make_provider
+                from broadcaster.scheduling.dispatching import make_dispatcher
+
+                provider = make_provider(self.settings, self.clock)
+                dispatcher = make_dispatcher(
+                    self.engine, provider, self.clock, self.settings, worker_id=self.id
+                )
+                for outcome in report.runs:
+                    if outcome.run_id is not None:
+                        dispatcher.run_until_idle(outcome.run_id)
+            sealed = self.seal()  # what this pass recorded is protected before it exits
+            self._trail(
+                "daemon.stopped",
+                once=True,
+                runs=[o.run_id for o in report.runs],
+                missed=[o.run_id for o in report.missed],
+                errors=len(report.errors),
+                sealed=sealed,
+            )
+        finally:
+            self.lock.release()
+        return report, sealed
 
     def run(self) -> int:
         settings = self.settings

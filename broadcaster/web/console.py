@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broadcaster import accounts, db
 from broadcaster.audit import chain, exports, queries
-from broadcaster.audit.masking import mask_phone
 from broadcaster.audit.queries import ActionFilter, FilterError, MessageFilter
 from broadcaster.audit.report import ReportError, render_report_html, run_report
 from broadcaster.clock import Clock, SystemClock
@@ -400,8 +399,8 @@ def console_router(console: Console) -> APIRouter:
             return console.page(request, "messages.html", status=400, error=str(exc), **context)
         if unmask:
             console.record(request, session, "audit.unmasked", {"page": "messages", "filters": flt.as_dict()})
-        for m in rows:
-            m["phone"] = m["phone"] if unmask else mask_phone(m["phone"])
+        if not unmask:
+            rows = [queries.masked_message(m) for m in rows]
         if len(rows) == PAGE:
             query = {k: v for k, v in params.items() if k != "before"}
             query["before"] = str(rows[-1]["id"])
@@ -439,8 +438,7 @@ def console_router(console: Console) -> APIRouter:
                 rows = queries.list_actions(conn, flt, limit=PAGE, before_id=before)
         except FilterError as exc:
             return console.page(request, "trail.html", status=400, error=str(exc), **context)
-        for a in rows:
-            a["details"] = queries.mask_details(a["details"])
+        rows = [queries.masked_action(a) for a in rows]
         if len(rows) == PAGE:
             query = {k: v for k, v in params.items() if k != "before"}
             query["before"] = str(rows[-1]["id"])
