@@ -37,6 +37,7 @@ from broadcaster.models import (
     Run,
 )
 from broadcaster.run_control import CANCEL_ACTION, MARK_SENT
+from broadcaster.runs import counts_by_status
 
 LISTED = 1000  # issues and pending messages listed in full; the totals are always exact
 
@@ -114,13 +115,7 @@ def check_run(conn: Connection, run_id: int) -> CheckResult:
     ).first()
     if run is None:
         raise CheckError(f"run {run_id} not found")
-    counts = dict(
-        conn.execute(
-            sa.select(messages_t.c.status, sa.func.count())
-            .where(messages_t.c.run_id == run_id)
-            .group_by(messages_t.c.status)
-        ).all()
-    )
+    counts = counts_by_status(conn, run_id)
     total = conn.execute(
         sa.select(sa.func.count()).select_from(messages_t).where(messages_t.c.run_id == run_id)
     ).scalar_one()

@@ -148,10 +148,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def filters_for_trail(values: dict[str, Any]) -> dict[str, Any]:
-    return _jsonable(values)
-
-
 def export(
     engine: Engine,
     *,
@@ -200,7 +196,7 @@ def export(
                 action="audit.exported",
                 details={
                     "what": what,
-                    "filters": filters_for_trail(flt.as_dict()),
+                    "filters": flt.as_dict(),
                     "format": fmt,
                     "unmasked": unmask,
                     "rows": rows,

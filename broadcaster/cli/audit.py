@@ -34,7 +34,16 @@ from typing import Any
 import typer
 
 from broadcaster import db
-from broadcaster.cli.common import EXIT_USAGE, AppContext, CliError, app_context, is_terminal, print_json
+from broadcaster.cli.common import (
+    EXIT_USAGE,
+    AppContext,
+    CliError,
+    app_context,
+    is_terminal,
+    print_json,
+    shorten,
+    to_json,
+)
 
 audit_app = typer.Typer(
     help="Audit: completeness, tamper evidence, review, reports, exports, retention.", no_args_is_help=True
@@ -220,13 +229,7 @@ def log(
     except FilterError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     if unmask:
-        from broadcaster.audit.exports import filters_for_trail
-
-        _record(
-            app,
-            "audit.unmasked",
-            {"command": "audit log", "filters": filters_for_trail(flt.as_dict()), "rows": len(rows)},
-        )
+        _record(app, "audit.unmasked", {"command": "audit log", "filters": flt.as_dict(), "rows": len(rows)})
     else:
         rows = [masked_message(m) for m in rows]
     if as_json:
@@ -238,7 +241,7 @@ def log(
             if (m["error_code"] or m["error_text"])
             else ""
         )
-        body = m["body"] if len(m["body"]) <= 40 else m["body"][:39] + "…"
+        body = shorten(m["body"], 40)
         typer.echo(
             f"{m['id']:>8}  run {m['run_id']:<5} {m['phone']:<18} {m['status']:<11} "
             f"sent {_local(m['sent_at'], app)}  {body}{error}"
@@ -285,7 +288,7 @@ def trail(
         typer.echo(
             f"{a['id']:>7}  {_local(a['at'], app)}  {a['actor']}@{a['host'] or '-'}  "
             f"{a['action']}{run_part}  "
-            f"{json.dumps(a['details'], ensure_ascii=False, sort_keys=True)}"
+            f"{to_json(a['details'], sort_keys=True)}"
         )
     if not rows:
         typer.echo("no actions match")
@@ -333,14 +336,14 @@ def show(
         seal_note = f"#{e['chain_seq']}" if e["chain_seq"] else "unsealed"
         typer.echo(
             f"    {_local(e['at'], app)}  {e['from_status'] or '-'} -> {e['to_status']}  by {e['source']}  "
-            f"{json.dumps(e['detail'], ensure_ascii=False, sort_keys=True)}  [{seal_note}]"
+            f"{to_json(e['detail'], sort_keys=True)}  [{seal_note}]"
         )
     if history["actions"]:
         typer.echo("  related actions:")
         for a in history["actions"]:
             typer.echo(
                 f"    {_local(a['at'], app)}  {a['actor']}  {a['action']}  "
-                f"{json.dumps(a['details'], ensure_ascii=False, sort_keys=True)}"
+                f"{to_json(a['details'], sort_keys=True)}"
             )
 
 
