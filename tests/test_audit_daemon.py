@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from broadcaster import db
 from broadcaster.audit.chain import verify
 from broadcaster.clock import ManualClock
-from broadcaster.models import MessageEvent
 from broadcaster.runs import create_run, materialise
 from broadcaster.scheduling.daemon import Daemon
 from broadcaster.settings import load_settings
 from broadcaster.templating import TemplateStore
+from tests.audit_integration_helpers import unsealed, wait_for
 from tests.scheduler_helpers import actions, phones, runs, seed_audience, write_campaign, write_templates
 
 CAMPAIGN = """
@@ -37,23 +37,6 @@ template = "slogan"
 lists = ["public"]
 pool = { file = "slogans/general.txt" }
 """
-
-
-def unsealed(engine: sa.Engine) -> int:
-    t = MessageEvent.__table__
-    with db.reading(engine) as conn:
-        return conn.execute(
-            sa.select(sa.func.count()).select_from(t).where(t.c.chain_seq.is_(None))
-        ).scalar_one()
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def write_events(engine: sa.Engine, store: TemplateStore, clock: ManualClock) -> int:

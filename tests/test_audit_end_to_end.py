@@ -32,8 +32,8 @@ from broadcaster.optouts import add_optout
 from broadcaster.providers.base import Accepted, Outbound, ProviderError
 from broadcaster.providers.log import LogProvider
 from broadcaster.run_control import pause_run
-from broadcaster.runs import create_run, materialise
 from broadcaster.templating import TemplateStore
+from tests.dispatch_helpers import make_run
 
 TEMPLATE = "【质量月】{{ name }}，{{ city }}欢迎您参加{{ send_date | cn_date }}的活动。回TD退订"
 OPTED_OUT = "+8613800138003"
@@ -116,23 +116,6 @@ def quiet_now() -> str:
     return f"{local - timedelta(hours=1):%H:%M}-{local + timedelta(hours=1):%H:%M}"
 
 
-def new_run(engine: sa.Engine, store: TemplateStore, lists: list[str]) -> int:
-    """What `send` does before it dispatches (create the run, write its outbox)."""
-    clock = SystemClock()
-    ref = create_run(
-        engine,
-        template="notice",
-        list_names=lists,
-        variables={},
-        clock=clock,
-        actor="operator",
-        timezone="Asia/Shanghai",
-        store=store,
-    )
-    materialise(engine, ref.id, store=store, clock=clock)
-    return ref.id
-
-
 def message_of(cli, run_id: int, phone: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     rows = [
         json.loads(x)
@@ -171,7 +154,7 @@ def test_every_run_of_a_campaign_is_accounted_for(scene, cli) -> None:  # type: 
     assert plain.json()["counts"] == {"sent": 4, "suppressed": 1, "failed": 1}
 
     # 2. Paused mid-way (messages still queued), seen paused, a worker leaves it alone, resumed.
-    paused_run = new_run(engine, store, ["public"])
+    paused_run = make_run(engine, store, SystemClock(), ["public"])
     Dispatcher(
         engine, PausingProvider(sent_file, engine, paused_run), SystemClock(), batch=1
     ).run_until_idle()
@@ -185,7 +168,7 @@ def test_every_run_of_a_campaign_is_accounted_for(scene, cli) -> None:  # type: 
     assert resumed.json()["counts"] == {"sent": 4, "suppressed": 1, "failed": 1}
 
     # 3. Cancelled mid-way: the queued messages become cancelled; what was in flight was sent.
-    cancelled_run = new_run(engine, store, ["public"])
+    cancelled_run = make_run(engine, store, SystemClock(), ["public"])
     Dispatcher(
         engine, PausingProvider(sent_file, engine, cancelled_run), SystemClock(), batch=1
     ).run_until_idle()
@@ -210,7 +193,7 @@ def test_every_run_of_a_campaign_is_accounted_for(scene, cli) -> None:  # type: 
     assert {p["next_attempt_at"] for p in check.json()["pending"]} == {until.isoformat()}
 
     # 5. The provider refuses two numbers for good; 21610 also opts the number out.
-    refused_run = new_run(engine, store, ["refusals"])
+    refused_run = make_run(engine, store, SystemClock(), ["refusals"])
     Dispatcher(engine, RefusingProvider(sent_file), SystemClock()).run_until_idle(refused_run)
 
     # The quiet hours end: a dispatcher sends the held messages then.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ from broadcaster.db import open_database
 from broadcaster.dispatch import Dispatcher
 from broadcaster.optouts import add_optout, remove_optout
 from broadcaster.providers.base import ProviderError
-from broadcaster.scheduling import leader
 from broadcaster.scheduling.daemon import Daemon
 from broadcaster.serving import serve_in_thread
 from broadcaster.settings import Settings, load_settings
 from broadcaster.trail import current_host
 from broadcaster.webhooks import create_app
+from tests.audit_integration_helpers import role_in_db, wait_for
 from tests.dispatch_helpers import ScriptedProvider, make_run, phone, seed_list, template_store
 from tests.scheduler_helpers import phones, seed_audience, write_campaign, write_templates
 
@@ -164,18 +163,6 @@ template = "hello"
 lists = ["public"]
 misfire_grace = "1h"
 """
-
-
-def role_in_db(engine: sa.Engine, daemon_id: str) -> str | None:
-    with db.reading(engine) as conn:
-        return next((h["role"] for h in leader.heartbeats(conn) if h["daemon_id"] == daemon_id), None)
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.02)
-    return condition()
 
 
 def test_daemon_life_and_missed_occurrences_are_in_the_trail(
