@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from broadcaster.events import record_events
 from broadcaster.models import QUEUED, RUN_READY, RUN_SENDING, SENDING, SUPPRESSED, Message, OptOut, Run
+from broadcaster.trail import record_action
 from broadcaster.transitions import Change, apply_changes
 
 messages_t = Message.__table__
@@ -31,6 +32,9 @@ optouts_t = OptOut.__table__
 
 ACTIVE_RUN_STATES = (RUN_READY, RUN_SENDING)
 SOURCE = "dispatcher"
+#: The trail's record of a run's first claim (when dispatch begins), by the dispatcher.
+START_ACTION = "run.started"
+STARTED_BY = "dispatcher"
 
 
 _IN_THIS_PROCESS: set[str] = set()  # worker ids of dispatchers created by this process
@@ -94,7 +98,8 @@ def claim(
     """Claim up to ``limit`` due messages, urgent runs first; opted-out numbers become ``suppressed``.
 
     Returns the claimed messages (committed as ``sending`` by the caller's transaction) and the
-    suppressions applied.
+    suppressions applied. A run claimed for the first time becomes ``sending`` and its start is
+    recorded in the trail (``run.started``: the worker, and the template with its sha256).
     """
     active = sa.select(runs_t.c.id).where(runs_t.c.status.in_(ACTIVE_RUN_STATES))
     cond = [
@@ -178,11 +183,26 @@ def claim(
                 for r in to_send
             ),
         )
-    conn.execute(
+    started = conn.execute(
         sa.update(runs_t)
         .where(runs_t.c.id.in_({r.run_id for r in rows}), runs_t.c.status == RUN_READY)
         .values(status=RUN_SENDING, started_at=now)
-    )
+        .returning(runs_t.c.id, runs_t.c.template, runs_t.c.template_sha256, runs_t.c.created_by)
+    ).all()
+    for run in sorted(started):
+        record_action(
+            conn,
+            at=now,
+            actor=STARTED_BY,
+            action=START_ACTION,
+            run_id=run.id,
+            details={
+                "worker": worker_id,
+                "created_by": run.created_by,
+                "template": run.template,
+                "template_sha256": run.template_sha256,
+            },
+        )
     claimed = [
         Claimed(r.id, r.run_id, r.phone, r.body, r.sender, r.segments, r.attempts + 1, now, expires)
         for r in to_send

@@ -37,6 +37,8 @@ messages_t = Message.__table__
 runs_t = Run.__table__
 
 SOURCE = "reconcile"
+#: The error code of a message given up on: out of attempts, and the provider does not have it.
+NOT_FOUND = "not-found"
 #: How far before the attempt's start a lookup reaches back (clock differences between hosts).
 LOOKUP_MARGIN = timedelta(seconds=60)
 PAGE = 500
@@ -159,7 +161,8 @@ def reconcile_unknown(
                 )
             elif r.attempts >= max_attempts:
                 text = f"not at the provider after {r.attempts} attempts"
-                change = Change(r.id, r.run_id, FAILED, {"final_at": now, "error_text": text}, detail)
+                values = {"final_at": now, "error_code": NOT_FOUND, "error_text": text}
+                change = Change(r.id, r.run_id, FAILED, values, {**detail, "code": NOT_FOUND, "text": text})
             else:
                 change = Change(
                     r.id, r.run_id, QUEUED, {"next_attempt_at": now}, {**detail, "reason": "not found"}

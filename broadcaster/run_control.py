@@ -39,6 +39,11 @@ runs_t = Run.__table__
 
 RESEND = "resend"
 MARK_SENT = "mark-sent"
+#: Trail action names (``audit check`` explains a cancelled message by its run's CANCEL_ACTION).
+PAUSE_ACTION = "run.paused"
+RESUME_ACTION = "run.resumed"
+CANCEL_ACTION = "run.cancelled"
+RESOLVE_ACTION = "run.resolved"
 
 
 def _set_status(
@@ -76,7 +81,7 @@ def pause_run(engine: Engine, run_id: int, *, clock: Clock, actor: str) -> dict[
         to=RUN_PAUSED,
         clock=clock,
         actor=actor,
-        action="run.paused",
+        action=PAUSE_ACTION,
         verb="paused",
     )
 
@@ -90,7 +95,7 @@ def resume_run(engine: Engine, run_id: int, *, clock: Clock, actor: str) -> dict
         to=None,
         clock=clock,
         actor=actor,
-        action="run.resumed",
+        action=RESUME_ACTION,
         verb="resumed",
     )
 
@@ -103,7 +108,7 @@ def cancel_run(engine: Engine, run_id: int, *, clock: Clock, actor: str) -> dict
         to=RUN_CANCELLED,
         clock=clock,
         actor=actor,
-        action="run.cancelled",
+        action=CANCEL_ACTION,
         verb="cancelled",
     )
     result["cancelled"] = cancel_queued(engine, run_id, now=clock.now())
@@ -160,7 +165,7 @@ def resolve_unknown(
             to, values = QUEUED, {"next_attempt_at": now}
         else:
             to, values = SENT, {"sent_at": now}
-        detail = {"reason": f"operator: {decision}", "actor": actor}
+        detail = {"reason": f"operator: {decision}", "decision": decision, "actor": actor}
         applied = apply_changes(
             conn,
             (Change(i, run_id, to, dict(values), detail) for i in ids),
@@ -172,7 +177,7 @@ def resolve_unknown(
             conn,
             at=now,
             actor=actor,
-            action="run.resolved",
+            action=RESOLVE_ACTION,
             run_id=run_id,
             details={"decision": decision, "messages": [c.message_id for c in applied]},
         )

@@ -7,14 +7,13 @@ cursor on PostgreSQL, paged fetches on SQLite) so a log of millions of rows neve
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from broadcaster import db
+from broadcaster.audit.queries import MessageFilter
 from broadcaster.models import QUEUED, SENDING, UNKNOWN, Action, Message, Run
 from broadcaster.runs import get_run, outbox_summary
 
@@ -116,32 +115,21 @@ def run_detail(conn: Connection, run_id: int) -> dict[str, Any]:
     return record
 
 
-@dataclass(frozen=True)
-class LogFilter:
-    run_id: int | None = None
-    status: str | None = None
-    phone: str | None = None
-    since: datetime | None = None  # on created_at (when the message entered the outbox), inclusive
-    until: datetime | None = None  # exclusive
+def iter_messages(
+    engine: Engine, flt: MessageFilter, *, region: str, page: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """Messages in id order, streamed; each a dict with :data:`LOG_COLUMNS`. The filter is the audit
+    log's own (``flt.conditions``); a bad filter value raises FilterError here, before any row."""
+    query = (
+        sa.select(*[messages_t.c[name] for name in LOG_COLUMNS])
+        .where(*flt.conditions(region))
+        .order_by(messages_t.c.id)
+    )
+    return _stream(engine, query, page)
 
 
-def iter_messages(engine: Engine, filters: LogFilter, *, page: int = 1000) -> Iterator[dict[str, Any]]:
-    """Messages in id order, streamed; each a dict with :data:`LOG_COLUMNS`."""
-    cols = [messages_t.c[name] for name in LOG_COLUMNS]
-    cond = []
-    if filters.run_id is not None:
-        cond.append(messages_t.c.run_id == filters.run_id)
-    if filters.status is not None:
-        cond.append(messages_t.c.status == filters.status)
-    if filters.phone is not None:
-        cond.append(messages_t.c.phone == filters.phone)
-    if filters.since is not None:
-        cond.append(messages_t.c.created_at >= filters.since)
-    if filters.until is not None:
-        cond.append(messages_t.c.created_at < filters.until)
+def _stream(engine: Engine, query: sa.Select[Any], page: int) -> Iterator[dict[str, Any]]:
     with db.reading(engine) as conn:
-        result = conn.execution_options(stream_results=True, yield_per=page).execute(
-            sa.select(*cols).where(*cond).order_by(messages_t.c.id)
-        )
+        result = conn.execution_options(stream_results=True, yield_per=page).execute(query)
         for row in result.mappings():
             yield dict(row)

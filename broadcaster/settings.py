@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     audit_archive_dir: Path | None = None
     # Unsealed message events are chained in batches of this many rows per transaction.
     audit_seal_batch: int = Field(default=5000, ge=1)
+    # The active daemon seals new message events this often (seconds), so they are protected
+    # without an operator running `audit seal`.
+    audit_seal_interval_seconds: float = Field(default=60.0, gt=0)
     # For the estimated cost in reports: price of one SMS segment, and its currency.
     cost_per_segment: float = Field(default=0.05, ge=0)
     cost_currency: str = "CNY"

@@ -68,7 +68,8 @@ def test_untouched_record_verifies_and_reports_both_heads(engine: sa.Engine, see
     assert report.ok, report.as_dict()
     assert report.sealed_now == 17
     actions, events = report.chains["actions"], report.chains["message_events"]
-    assert actions.entries == 7 and events.entries == 17  # run.created, optout.added, 5 steps
+    # optout.added, run.created, run.started, 5 steps
+    assert actions.entries == 8 and events.entries == 17
     assert events.head["seq"] == 17 and len(events.head["hash"]) == 64
     assert verify(engine).sealed_now == 0  # nothing new to seal
 
@@ -206,7 +207,7 @@ def test_unsealed_event_slipped_in_below_the_head_is_named(engine: sa.Engine, se
 @SQLITE_ONLY
 def test_truncated_tail_is_caught_only_with_an_anchor(engine: sa.Engine, seeded) -> None:
     anchor = verify(engine).as_dict()["chains"]
-    run_sql(engine, "DELETE FROM actions WHERE chain_seq = 7")
+    run_sql(engine, "DELETE FROM actions WHERE chain_seq = 8")
     assert verify(engine).ok  # a removed tail leaves a shorter, valid chain …
     report = verify(engine, anchor=json.loads(json.dumps(anchor, default=str)))
     assert not report.ok  # … which the anchor kept elsewhere exposes
@@ -262,7 +263,7 @@ def test_concurrent_writers_and_sealer_keep_one_valid_chain(engine: sa.Engine, s
     report = verify(engine)
     assert report.ok, report.as_dict()
     assert report.chains["message_events"].entries == 17 + 4 * 15 * 3
-    assert report.chains["actions"].entries == 7 + 4 * 3
+    assert report.chains["actions"].entries == 8 + 4 * 3
 
 
 @SQLITE_ONLY

@@ -105,7 +105,8 @@ def test_show_gives_the_whole_history_of_a_message(workdir: Path, cli, tmp_path:
         ("sending", "sent"),
         ("sent", "delivered"),
     ]
-    assert history["run"]["template_sha256"] and [a["action"] for a in history["actions"]] == ["run.created"]
+    assert history["run"]["template_sha256"]
+    assert [a["action"] for a in history["actions"]] == ["run.created", "run.started"]
     [suppressed] = cli("audit", "log", "--json", "--status", "suppressed").json()
     why = cli("audit", "show", str(suppressed["id"]), "--json").json()
     assert why["events"][0]["detail"] == {"reason": "opted out"}
@@ -210,7 +211,7 @@ def test_prune_archives_first_keeps_open_runs_and_the_chain_verifies(
     result = cli("audit", "prune", "--before", "2012-01-01", "--archive-dir", tmp_path / "archive", "--json")
     assert result.code == 0, result.err
     info = result.json()
-    assert info["counts"] == {"runs": 1, "messages": 6, "message_events": 17, "actions": 2}
+    assert info["counts"] == {"runs": 1, "messages": 6, "message_events": 17, "actions": 3}
     assert info["kept_runs"] == [open_run]
     archive = Path(info["archive"])
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == info["archive_sha256"]

@@ -286,7 +286,7 @@ def test_pause_resume_and_cancel(engine: sa.Engine, tmp_path: Path) -> None:
             .all()
         )
         run = get_run(conn, run_id)
-    assert actions == ["run.created", "run.paused", "run.resumed", "run.cancelled"]
+    assert actions == ["run.created", "run.paused", "run.resumed", "run.started", "run.cancelled"]
     assert run["status"] == "cancelled" and run["finished_at"] is None  # two still in flight
 
 

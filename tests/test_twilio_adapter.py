@@ -167,7 +167,7 @@ def test_connection_refused_is_transient_and_surely_not_sent() -> None:
         "AC" + "1" * 32, "tok", from_number="+15005550006", base_url=f"http://127.0.0.1:{closed_port()}"
     )
     error = refusal(provider, TO)
-    assert error.transient and not error.accepted_maybe and error.code is None
+    assert error.transient and not error.accepted_maybe and error.code == "not-sent"
     with pytest.raises(ProviderError) as info:
         provider.lookup(TO, datetime.now(UTC))
     assert info.value.transient

@@ -3,7 +3,8 @@ itself, and do the run's counts add up?
 
 A message explains itself when its state carries its reason: ``failed`` a code and a text,
 ``undelivered`` a code or a text, ``suppressed`` a reason, ``cancelled`` a ``run.cancelled`` action of
-its run, ``sent``/``delivered``/``undelivered`` the provider's id; and its newest event leads to the
+its run, ``sent``/``delivered``/``undelivered`` the provider's id (or, for ``sent``, an operator's
+``runs resolve --mark-sent`` decision as its last event); and its newest event leads to the
 state it is in (nothing changed it without leaving history). Messages still in ``queued``,
 ``sending`` or ``unknown`` are listed as pending (with when they are due), and are an issue only
 once the run is finished.
@@ -35,8 +36,9 @@ from broadcaster.models import (
     MessageEvent,
     Run,
 )
+from broadcaster.run_control import CANCEL_ACTION, MARK_SENT
+from broadcaster.runs import counts_by_status
 
-CANCEL_ACTION = "run.cancelled"
 LISTED = 1000  # issues and pending messages listed in full; the totals are always exact
 
 messages_t = Message.__table__
@@ -78,6 +80,14 @@ class CheckResult:
             self.issues.append(entry)
 
 
+def _marked_sent(m: dict[str, Any]) -> bool:
+    """An operator recorded an uncertain message as sent (a provider that cannot look it up)."""
+    detail = m["last_event_detail"] or {}
+    return (
+        m["status"] == SENT and m["last_event_source"] == "operator" and detail.get("decision") == MARK_SENT
+    )
+
+
 def _explains_itself(m: dict[str, Any], cancel_action: bool) -> str | None:
     status = m["status"]
     if status not in MESSAGE_STATES:
@@ -90,7 +100,7 @@ def _explains_itself(m: dict[str, Any], cancel_action: bool) -> str | None:
         return "failed without an error code and text"
     if status == UNDELIVERED and not (m["error_code"] or m["error_text"]):
         return "undelivered without an error code or text"
-    if status in (SENT, DELIVERED, UNDELIVERED) and not m["provider_id"]:
+    if status in (SENT, DELIVERED, UNDELIVERED) and not m["provider_id"] and not _marked_sent(m):
         return f"{status} without the provider's message id"
     if status == SUPPRESSED and not m["error_text"]:
         return "suppressed without a reason"
@@ -105,13 +115,7 @@ def check_run(conn: Connection, run_id: int) -> CheckResult:
     ).first()
     if run is None:
         raise CheckError(f"run {run_id} not found")
-    counts = dict(
-        conn.execute(
-            sa.select(messages_t.c.status, sa.func.count())
-            .where(messages_t.c.run_id == run_id)
-            .group_by(messages_t.c.status)
-        ).all()
-    )
+    counts = counts_by_status(conn, run_id)
     total = conn.execute(
         sa.select(sa.func.count()).select_from(messages_t).where(messages_t.c.run_id == run_id)
     ).scalar_one()
@@ -148,6 +152,7 @@ def check_run(conn: Connection, run_id: int) -> CheckResult:
             messages_t.c.next_attempt_at,
             messages_t.c.lease_expires_at,
             events_t.c.to_status.label("last_event_status"),
+            events_t.c.source.label("last_event_source"),
             events_t.c.detail.label("last_event_detail"),
         )
         .outerjoin(last, last.c.message_id == messages_t.c.id)

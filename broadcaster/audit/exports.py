@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
-from broadcaster.audit.masking import neutralise_cell, show_phone
+from broadcaster.audit.masking import neutralise_cell
 from broadcaster.audit.queries import (
     ACTION_KEYS,
     MESSAGE_KEYS,
@@ -30,7 +30,8 @@ from broadcaster.audit.queries import (
     MessageFilter,
     iter_actions,
     iter_messages,
-    mask_details,
+    masked_action,
+    masked_message,
 )
 from broadcaster.clock import Clock
 from broadcaster.trail import record_action
@@ -75,14 +76,14 @@ def _records(
         assert isinstance(flt, MessageFilter)
         with db.reading(engine) as conn:
             for m in iter_messages(conn, flt, region=region):
-                m["phone"] = show_phone(m["phone"], unmask)
+                m = m if unmask else masked_message(m)
                 yield {k: _local(v, zone) for k, v in m.items()}
 
     def actions() -> Iterator[dict[str, Any]]:
         assert isinstance(flt, ActionFilter)
         with db.reading(engine) as conn:
             for a in iter_actions(conn, flt):
-                a["details"] = a["details"] if unmask else mask_details(a["details"])
+                a = a if unmask else masked_action(a)
                 yield {k: _local(v, zone) for k, v in a.items()}
 
     if what == "messages":
@@ -147,10 +148,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def filters_for_trail(values: dict[str, Any]) -> dict[str, Any]:
-    return _jsonable(values)
-
-
 def export(
     engine: Engine,
     *,
@@ -199,7 +196,7 @@ def export(
                 action="audit.exported",
                 details={
                     "what": what,
-                    "filters": filters_for_trail(flt.as_dict()),
+                    "filters": flt.as_dict(),
                     "format": fmt,
                     "unmasked": unmask,
                     "rows": rows,

@@ -5,9 +5,12 @@ Numbers are masked unless a caller explicitly unmasks them (and records that it 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import phonenumbers
+
+_E164 = re.compile(r"\+\d{6,15}")
 
 # A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -40,8 +43,10 @@ def mask_phone(phone: str | None) -> str | None:
     return f"+{number.country_code} {_mask_digits(national)}"
 
 
-def show_phone(phone: str | None, unmask: bool) -> str | None:
-    return phone if unmask else mask_phone(phone)
+def mask_actor(actor: str | None) -> str | None:
+    """An actor that is a phone number (a recipient replying STOP acts in their own name) is masked
+    like any number; operators, services and processes keep their names."""
+    return mask_phone(actor) if actor is not None and _E164.fullmatch(actor) else actor
 
 
 def neutralise_cell(value: Any) -> Any:

@@ -16,7 +16,7 @@ import phonenumbers
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from broadcaster.audit.masking import mask_phone
+from broadcaster.audit.masking import mask_actor, mask_phone
 from broadcaster.models import MESSAGE_STATES, Action, Message, MessageEvent, Run
 
 messages_t = Message.__table__
@@ -50,6 +50,12 @@ ACTION_KEYS = ("id", "at", "actor", "host", "action", "run_id", "details", "chai
 EVENT_KEYS = ("id", "at", "from_status", "to_status", "source", "detail", "chain_seq", "hash")
 # Keys under which action details and event details carry phone numbers (masked for review).
 PHONE_KEYS = frozenset({"phone", "phones", "to", "from", "number"})
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items() if v not in (None, [])
+    }
 
 
 class FilterError(ValueError):
@@ -92,18 +98,32 @@ def phone_condition(column: sa.ColumnElement[str], value: str, region: str) -> s
     raise FilterError(f"phone {value!r}: give a full number or at least its last 4 digits")
 
 
+#: What ``since``/``until`` of a :class:`MessageFilter` compare with: when the message happened
+#: (:func:`message_time`: the audit's review and exports), or when it entered the outbox
+#: (``created_at``: ``broadcaster log``).
+HAPPENED = "happened"
+CREATED = "created"
+
+
 @dataclass
 class MessageFilter:
+    """The one filter of the message log: ``broadcaster log``, ``audit log``, exports, the console."""
+
     run_id: int | None = None
     campaign: str | None = None
     statuses: list[str] = field(default_factory=list)
     phone: str | None = None
     error_code: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    time_basis: str = HAPPENED
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+        """The filters given, JSON-ready (times in ISO 8601), as the trail records them."""
+        out = _given(asdict(self))
+        if self.time_basis == HAPPENED:
+            del out["time_basis"]
+        return out
 
     def conditions(self, region: str) -> list[sa.ColumnElement[bool]]:
         cond: list[sa.ColumnElement[bool]] = []
@@ -122,7 +142,7 @@ class MessageFilter:
             cond.append(phone_condition(messages_t.c.phone, self.phone, region))
         if self.error_code:
             cond.append(messages_t.c.error_code == self.error_code)
-        when = message_time()
+        when = messages_t.c.created_at if self.time_basis == CREATED else message_time()
         if self.since is not None:
             cond.append(when >= self.since)
         if self.until is not None:
@@ -181,7 +201,8 @@ class ActionFilter:
     until: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The filters given, JSON-ready (times in ISO 8601), as the trail records them."""
+        return _given(asdict(self))
 
     def conditions(self) -> list[sa.ColumnElement[bool]]:
         cond: list[sa.ColumnElement[bool]] = []
@@ -284,9 +305,19 @@ def message_history(conn: Connection, message_id: int) -> dict[str, Any] | None:
     }
 
 
+def masked_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message for review: its number masked."""
+    return {**message, "phone": mask_phone(message["phone"])}
+
+
+def masked_action(action: dict[str, Any]) -> dict[str, Any]:
+    """An action for review: numbers masked in its details, and its actor if that is a number."""
+    return {**action, "actor": mask_actor(action["actor"]), "details": mask_details(action["details"])}
+
+
 def masked_history(history: dict[str, Any]) -> dict[str, Any]:
     out = dict(history)
-    out["message"] = {**history["message"], "phone": mask_phone(history["message"]["phone"])}
+    out["message"] = masked_message(history["message"])
     out["events"] = [{**e, "detail": mask_details(e["detail"])} for e in history["events"]]
-    out["actions"] = [{**a, "details": mask_details(a["details"])} for a in history["actions"]]
+    out["actions"] = [masked_action(a) for a in history["actions"]]
     return out

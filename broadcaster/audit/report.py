@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from broadcaster.audit.charts import PALETTE, Series, bars_svg, timeline_svg
 from broadcaster.audit.completeness import check_run
 from broadcaster.models import DELIVERED, MESSAGE_STATES, Action, Message, Run
+from broadcaster.runs import counts_by_status
 from broadcaster.templating import TemplateError, TemplateStore
 
 messages_t = Message.__table__
@@ -42,13 +43,7 @@ def run_report(
     if run is None:
         raise ReportError(f"run {run_id} not found")
     run = dict(run)
-    raw_counts = dict(
-        conn.execute(
-            sa.select(messages_t.c.status, sa.func.count())
-            .where(messages_t.c.run_id == run_id)
-            .group_by(messages_t.c.status)
-        ).all()
-    )
+    raw_counts = counts_by_status(conn, run_id)
     counts = {s: raw_counts.get(s, 0) for s in MESSAGE_STATES if raw_counts.get(s)}
     counts.update({s: n for s, n in raw_counts.items() if s not in counts})
     errors = [

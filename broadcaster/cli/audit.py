@@ -34,7 +34,16 @@ from typing import Any
 import typer
 
 from broadcaster import db
-from broadcaster.cli.common import EXIT_USAGE, AppContext, CliError, app_context, is_terminal, print_json
+from broadcaster.cli.common import (
+    EXIT_USAGE,
+    AppContext,
+    CliError,
+    app_context,
+    is_terminal,
+    print_json,
+    shorten,
+    to_json,
+)
 
 audit_app = typer.Typer(
     help="Audit: completeness, tamper evidence, review, reports, exports, retention.", no_args_is_help=True
@@ -210,8 +219,7 @@ def log(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Who received what, when, with what outcome (newest first)."""
-    from broadcaster.audit.masking import mask_phone
-    from broadcaster.audit.queries import FilterError, list_messages
+    from broadcaster.audit.queries import FilterError, list_messages, masked_message
 
     app = app_context(ctx)
     flt = _message_filter(app, run, campaign, status, phone, error_code, since, until)
@@ -221,16 +229,9 @@ def log(
     except FilterError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     if unmask:
-        from broadcaster.audit.exports import filters_for_trail
-
-        _record(
-            app,
-            "audit.unmasked",
-            {"command": "audit log", "filters": filters_for_trail(flt.as_dict()), "rows": len(rows)},
-        )
+        _record(app, "audit.unmasked", {"command": "audit log", "filters": flt.as_dict(), "rows": len(rows)})
     else:
-        for m in rows:
-            m["phone"] = mask_phone(m["phone"])
+        rows = [masked_message(m) for m in rows]
     if as_json:
         print_json(rows)
         return
@@ -240,7 +241,7 @@ def log(
             if (m["error_code"] or m["error_text"])
             else ""
         )
-        body = m["body"] if len(m["body"]) <= 40 else m["body"][:39] + "…"
+        body = shorten(m["body"], 40)
         typer.echo(
             f"{m['id']:>8}  run {m['run_id']:<5} {m['phone']:<18} {m['status']:<11} "
             f"sent {_local(m['sent_at'], app)}  {body}{error}"
@@ -263,7 +264,7 @@ def trail(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Who imported, changed or launched what (newest first)."""
-    from broadcaster.audit.queries import ActionFilter, list_actions, mask_details
+    from broadcaster.audit.queries import ActionFilter, list_actions, masked_action
 
     app = app_context(ctx)
     flt = ActionFilter(
@@ -278,8 +279,7 @@ def trail(
     if unmask:
         _record(app, "audit.unmasked", {"command": "audit trail", "rows": len(rows)})
     else:
-        for a in rows:
-            a["details"] = mask_details(a["details"])
+        rows = [masked_action(a) for a in rows]
     if as_json:
         print_json(rows)
         return
@@ -288,7 +288,7 @@ def trail(
         typer.echo(
             f"{a['id']:>7}  {_local(a['at'], app)}  {a['actor']}@{a['host'] or '-'}  "
             f"{a['action']}{run_part}  "
-            f"{json.dumps(a['details'], ensure_ascii=False, sort_keys=True)}"
+            f"{to_json(a['details'], sort_keys=True)}"
         )
     if not rows:
         typer.echo("no actions match")
@@ -336,14 +336,14 @@ def show(
         seal_note = f"#{e['chain_seq']}" if e["chain_seq"] else "unsealed"
         typer.echo(
             f"    {_local(e['at'], app)}  {e['from_status'] or '-'} -> {e['to_status']}  by {e['source']}  "
-            f"{json.dumps(e['detail'], ensure_ascii=False, sort_keys=True)}  [{seal_note}]"
+            f"{to_json(e['detail'], sort_keys=True)}  [{seal_note}]"
         )
     if history["actions"]:
         typer.echo("  related actions:")
         for a in history["actions"]:
             typer.echo(
                 f"    {_local(a['at'], app)}  {a['actor']}  {a['action']}  "
-                f"{json.dumps(a['details'], ensure_ascii=False, sort_keys=True)}"
+                f"{to_json(a['details'], sort_keys=True)}"
             )
 
 

@@ -101,8 +101,14 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=_default)
+def to_json(value: Any, *, sort_keys: bool = False) -> str:
+    """One line of JSON, UTF-8 text as is, times in ISO 8601."""
+    return json.dumps(value, ensure_ascii=False, default=_default, sort_keys=sort_keys)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the last one an ellipsis when cut (table columns)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def print_json(value: Any) -> None:

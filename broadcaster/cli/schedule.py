@@ -260,7 +260,7 @@ def daemon(
     once: bool = typer.Option(False, "--once", help="One planning pass (catch-up included), then exit."),
 ) -> None:
     """Run the scheduler: fire every job at its time, catch up after downtime, never twice."""
-    from broadcaster.scheduling.daemon import EXIT_LOST_LOCK, Daemon
+    from broadcaster.scheduling.daemon import EXIT_LOST_LOCK, Daemon, LockHeldError
     from broadcaster.scheduling.logs import configure
 
     actx = app_context(ctx)
@@ -274,25 +274,14 @@ def daemon(
     engine = actx.engine
     d = Daemon(settings, engine, clock=clock, dispatch=dispatch, use_apscheduler=not settings.clock_start)
     if once:
-        if not d.lock.try_acquire():
-            raise CliError(f"another daemon is active ({d.lock.description}); --once does nothing")
         try:
-            d.load()
-            report = d.runner.tick()
-            if d.dispatch == "inline" and report.runs:
-                from broadcaster.providers import make_provider
-                from broadcaster.scheduling.dispatching import make_dispatcher
-
-                provider = make_provider(settings, clock)
-                dispatcher = make_dispatcher(engine, provider, clock, settings, worker_id=d.id)
-                for outcome in report.runs:
-                    if outcome.run_id is not None:
-                        dispatcher.run_until_idle(outcome.run_id)
-        finally:
-            d.lock.release()
+            report, sealed = d.run_once()
+        except LockHeldError as exc:
+            raise CliError(f"{exc}; --once does nothing") from exc
         typer.echo(
             f"{len(report.runs)} run(s), {len(report.missed)} missed, {len(report.errors)} error(s); "
-            f"next fire {report.next_wake.isoformat() if report.next_wake else 'none'}"
+            f"next fire {report.next_wake.isoformat() if report.next_wake else 'none'}; "
+            f"sealed {sealed} event(s)"
         )
         if report.errors:
             raise CliError(f"{len(report.errors)} fire(s) failed: {report.errors[0]}")

@@ -21,6 +21,7 @@ from typing import Any
 import typer
 
 from broadcaster import db
+from broadcaster.audit.queries import CREATED, FilterError, MessageFilter, parse_when
 from broadcaster.cli.common import (
     EXIT_USAGE,
     AppContext,
@@ -29,6 +30,7 @@ from broadcaster.cli.common import (
     is_terminal,
     parse_vars,
     print_json,
+    shorten,
     to_json,
 )
 from broadcaster.dispatch import Dispatcher, dispatcher_from_settings
@@ -37,7 +39,7 @@ from broadcaster.providers import make_provider
 from broadcaster.quiet_hours import QuietHoursError, effective
 from broadcaster.run_control import MARK_SENT, RESEND, cancel_run, pause_run, resolve_unknown, resume_run
 from broadcaster.runs import OutboxSummary, create_run, materialise, outbox_summary, preview
-from broadcaster.sendlog import LOG_COLUMNS, LogFilter, iter_messages, list_runs, run_detail
+from broadcaster.sendlog import LOG_COLUMNS, iter_messages, list_runs, run_detail
 
 EXIT_INTERRUPTED = 130
 PRIORITY_VALUES = {"normal": 0, "urgent": 10}
@@ -152,13 +154,11 @@ def dispatch_in_process(app: AppContext, run_id: int, max_wait: float) -> bool:
 
 
 def _parse_time(value: str | None, app: AppContext, option: str) -> datetime | None:
-    if value is None:
-        return None
+    """An ISO 8601 date (its midnight) or time; without an offset, in the configured zone."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise CliError(f"{option} {value!r}: expected an ISO 8601 date or time", EXIT_USAGE) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=app.settings.tz)
+        return parse_when(value, app.settings.tz, name=option)
+    except FilterError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
 
 
 def _local(value: Any, app: AppContext) -> Any:
@@ -411,7 +411,7 @@ def log_command(
     ctx: typer.Context,
     run_id: int = typer.Option(None, "--run", help="Only this run."),
     status: str = typer.Option(None, "--status", help="Only this status."),
-    to: str = typer.Option(None, "--to", help="Only this phone number (E.164)."),
+    to: str = typer.Option(None, "--to", help="Only this phone number (E.164, or its last 4+ digits)."),
     since: str = typer.Option(None, "--since", help="Created at or after (ISO 8601; zone default: setting)."),
     until: str = typer.Option(None, "--until", help="Created before (ISO 8601)."),
     fmt: LogFormat = typer.Option(LogFormat.table, "--format", help="table, csv or jsonl."),
@@ -420,16 +420,21 @@ def log_command(
     app = app_context(ctx)
     if status is not None and status not in MESSAGE_STATES:
         raise CliError(f"--status {status!r}: expected one of {', '.join(MESSAGE_STATES)}", EXIT_USAGE)
-    filters = LogFilter(
+    flt = MessageFilter(
         run_id=run_id,
-        status=status,
+        statuses=[status] if status else [],
         phone=to,
         since=_parse_time(since, app, "--since"),
         until=_parse_time(until, app, "--until"),
+        time_basis=CREATED,
     )
+    try:
+        messages = iter_messages(app.engine, flt, region=app.settings.default_region)
+    except FilterError as exc:
+        raise CliError(f"--to: {exc}", EXIT_USAGE) from exc
     out = sys.stdout
     convert = _local if fmt is LogFormat.table else _utc
-    rows = ({k: convert(v, app) for k, v in row.items()} for row in iter_messages(app.engine, filters))
+    rows = ({k: convert(v, app) for k, v in row.items()} for row in messages)
     if fmt is LogFormat.jsonl:
         for row in rows:
             out.write(to_json(row) + "\n")
@@ -442,8 +447,7 @@ def log_command(
             f"{'id':>8} {'run':>5} {'phone':<16} {'status':<11} {'att':>3} {'seg':>3} {'sent_at':<25} body\n"
         )
         for row in rows:
-            body = row["body"].replace("\n", " ")
-            body = body if len(body) <= 40 else body[:39] + "…"
+            body = shorten(row["body"].replace("\n", " "), 40)
             error = (
                 f" [{row['error_code']}: {row['error_text']}]"
                 if row["error_code"] or row["error_text"]

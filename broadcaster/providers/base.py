@@ -36,9 +36,28 @@ class Found:
     created_at: datetime | None = None
 
 
+#: Codes of failures that carry no code of the provider's own, so that every failed message has a
+#: code and a text (``audit check``): an HTTP status without a code, no answer (the message may
+#: exist), surely not sent (connection failed), anything else.
+NO_ANSWER = "no-answer"
+NOT_SENT = "not-sent"
+ERROR = "error"
+
+
+def fallback_code(http_status: int | None, *, transient: bool, accepted_maybe: bool) -> str:
+    if http_status is not None:
+        return f"http-{http_status}"
+    if accepted_maybe:
+        return NO_ANSWER
+    return NOT_SENT if transient else ERROR
+
+
 class ProviderError(Exception):
     """A refusal or failure. ``accepted_maybe`` means the request may have reached the provider
-    (timeout, 5xx after sending, connection lost mid-request): never resend without reconciling."""
+    (timeout, 5xx after sending, connection lost mid-request): never resend without reconciling.
+
+    ``code`` is the provider's error code or, when it gave none, a fallback (:func:`fallback_code`:
+    ``http-NNN``, ``no-answer``, ``not-sent``, ``error``); a failed message records it."""
 
     def __init__(
         self,
@@ -52,7 +71,7 @@ class ProviderError(Exception):
     ) -> None:
         super().__init__(text)
         self.text = text
-        self.code = code
+        self.code = code or fallback_code(http_status, transient=transient, accepted_maybe=accepted_maybe)
         self.http_status = http_status
         self.transient = transient
         self.accepted_maybe = accepted_maybe

@@ -73,6 +73,9 @@ class Job:
     pool: Pool | None
     enabled: bool
     source: str
+    #: sha256 of the content of each file the job was built from (its campaign file, its slogan
+    #: file): recorded with each run it creates, so the trail says which schedules were in force.
+    files_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def timezone(self) -> str:
@@ -159,7 +162,12 @@ def _resolve_pool_file(name: str, toml_path: Path, templates_dir: Path) -> Path:
 
 
 def _build_jobs(
-    label: str, path: Path, spec: CampaignFile, store: TemplateStore, default_grace: timedelta
+    label: str,
+    path: Path,
+    spec: CampaignFile,
+    store: TemplateStore,
+    default_grace: timedelta,
+    file_sha256: str,
 ) -> tuple[list[Job], list[Issue]]:
     campaign = spec.campaign
     zone = ZoneInfo(campaign.timezone)
@@ -213,6 +221,7 @@ def _build_jobs(
         except TemplateError as exc:
             problem("template", str(exc))
         pool = None
+        files_sha256 = {label: file_sha256}
         if job.pool is not None:
             if start is None:
                 problem(
@@ -227,8 +236,11 @@ def _build_jobs(
                 source = str(pool_path)
                 try:
                     slogans = load_pool(pool_path)
+                    files_sha256[source] = hashlib.sha256(pool_path.read_bytes()).hexdigest()
                 except SloganError as exc:
                     problem("pool.file", str(exc))
+                except OSError as exc:
+                    problem("pool.file", f"cannot read {pool_path}: {exc}")
             else:
                 slogans = list(job.pool.slogans or [])
             if slogans:
@@ -259,6 +271,7 @@ def _build_jobs(
                 pool=pool,
                 enabled=campaign.enabled and job.enabled,
                 source=label,
+                files_sha256=files_sha256,
             )
         )
     return jobs, issues
@@ -270,7 +283,8 @@ def load_file(
     """One campaign file → its jobs, or the reasons it cannot be used (all of them at once)."""
     label = label or str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        content = path.read_bytes()
+        raw = tomllib.loads(content.decode("utf-8"))
     except UnicodeDecodeError as exc:
         return None, [Issue(label, f"not UTF-8: {exc}")]
     except tomllib.TOMLDecodeError as exc:
@@ -281,7 +295,7 @@ def load_file(
         spec = CampaignFile.model_validate(raw)
     except ValidationError as exc:
         return None, _validation_issues(label, raw, exc)
-    jobs, issues = _build_jobs(label, path, spec, store, default_grace)
+    jobs, issues = _build_jobs(label, path, spec, store, default_grace, hashlib.sha256(content).hexdigest())
     if issues:
         return None, issues
     entry = CampaignEntry(

@@ -10,8 +10,11 @@
   campaign files; a broken file keeps its last good version.
 - Dispatch (``BROADCASTER_DAEMON_DISPATCH``): ``inline`` runs an embedded dispatcher thread;
   ``workers`` leaves sending to ``broadcaster worker`` processes.
+- Sealing: while active, a thread chains new message events into the audit trail's hash chain
+  every ``BROADCASTER_AUDIT_SEAL_INTERVAL_SECONDS`` (by the daemon's clock), and once more on stop,
+  so events are protected without an operator.
 - SIGTERM/SIGINT: stop planning, stop the dispatcher between batches (it finishes or releases what
-  it holds), mark the heartbeat stopped, release the lock.
+  it holds), seal what it recorded, mark the heartbeat stopped, release the lock.
 """
 
 from __future__ import annotations
@@ -28,18 +31,25 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.engine import Engine
 
 from broadcaster import db
+from broadcaster.audit.chain import seal_events
 from broadcaster.claims import default_worker_id
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.scheduling import leader
 from broadcaster.scheduling.catalog import Catalog, Job, fingerprint, load_catalog
 from broadcaster.scheduling.logs import emit, get_logger
 from broadcaster.scheduling.occurrences import next_occurrence
-from broadcaster.scheduling.runner import SCHEDULER_ACTOR, ScheduleRunner
+from broadcaster.scheduling.runner import SCHEDULER_ACTOR, ScheduleRunner, TickReport
 from broadcaster.settings import Settings
 from broadcaster.templating import TemplateStore
 from broadcaster.trail import record_action
 
 EXIT_LOST_LOCK = 3
+
+
+class LockHeldError(RuntimeError):
+    """Another daemon holds the leader lock."""
+
+
 _TICK = timedelta(microseconds=1)
 
 
@@ -95,6 +105,7 @@ class Daemon:
         self._dispatch_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
+        self._sealer: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._fingerprint = ""
 
@@ -232,6 +243,28 @@ class Daemon:
                 emit(self.log, "dispatch.error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
                 self._dispatch_stop.wait(self.settings.daemon_retry_seconds)
 
+    def seal(self) -> int:
+        """Chain the message events written since the last seal; an error is logged, never raised."""
+        try:
+            sealed = seal_events(self.engine, batch=self.settings.audit_seal_batch)
+        except Exception as exc:  # the database went away: the next pass seals what this one did not
+            emit(self.log, "audit.seal_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            return 0
+        emit(self.log, "audit.sealed", logging.INFO if sealed else logging.DEBUG, events=sealed)
+        return sealed
+
+    def _seal_loop(self) -> None:
+        """Seal at once, then every ``audit_seal_interval_seconds`` of the daemon's clock."""
+        every = timedelta(seconds=self.settings.audit_seal_interval_seconds)
+        poll = min(every.total_seconds(), self.settings.daemon_heartbeat_seconds)
+        next_seal = self.clock.now()
+        while not self._stop.is_set():
+            if self.clock.now() >= next_seal:
+                self.seal()
+                next_seal = self.clock.now() + every
+            left = (next_seal - self.clock.now()).total_seconds()
+            self._stop.wait(min(poll, max(left, 0.01)))
+
     def _spawn(self, target: Any, name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -270,6 +303,40 @@ class Daemon:
                 next_beat = self.clock.now() + timedelta(seconds=self.settings.daemon_heartbeat_seconds)
         return False
 
+    def run_once(self) -> tuple[TickReport, int]:
+        """``daemon --once``: one planning pass (catch-up included), the runs it made sent (inline
+        dispatch), their events sealed. Recorded in the trail as a start and a stop (``once``).
+        Returns the pass's report and the events sealed; raises LockHeldError if a daemon is active."""
+        if not self.lock.try_acquire():
+            raise LockHeldError(f"another daemon is active ({self.lock.description})")
+        try:
+            self._trail("daemon.started", host=socket.gethostname(), once=True)
+            self.load()
+            report = self.runner.tick()
+            if self.dispatch == "inline" and report.runs:
+                from broadcaster.providers import make_provider
+                from broadcaster.scheduling.dispatching import make_dispatcher
+
+                provider = make_provider(self.settings, self.clock)
+                dispatcher = make_dispatcher(
+                    self.engine, provider, self.clock, self.settings, worker_id=self.id
+                )
+                for outcome in report.runs:
+                    if outcome.run_id is not None:
+                        dispatcher.run_until_idle(outcome.run_id)
+            sealed = self.seal()  # what this pass recorded is protected before it exits
+            self._trail(
+                "daemon.stopped",
+                once=True,
+                runs=[o.run_id for o in report.runs],
+                missed=[o.run_id for o in report.missed],
+                errors=len(report.errors),
+                sealed=sealed,
+            )
+        finally:
+            self.lock.release()
+        return report, sealed
+
     def run(self) -> int:
         settings = self.settings
         emit(
@@ -294,6 +361,7 @@ class Daemon:
             self._start_apscheduler()
             if self.dispatch == "inline":
                 self._dispatcher = self._spawn(self._dispatch_loop, "dispatcher")
+            self._sealer = self._spawn(self._seal_loop, "audit-sealer")
             code = self._main_loop()
         finally:
             self._shutdown()
@@ -367,6 +435,9 @@ class Daemon:
                     note="exiting anyway: claimed messages keep their lease and are reconciled, "
                     "never resent blindly",
                 )
+        if self._sealer is not None:  # one last seal, after the dispatcher's last outcomes
+            self._sealer.join(self.settings.daemon_stop_timeout_seconds)
+            self.seal()
         role_before = self.role
         try:
             self._beat(leader.STOPPED)

@@ -129,6 +129,7 @@ def settle(
             priority=job.priority,
             quiet_hours=job.quiet_hours,
             kind=SCHEDULED,
+            schedules_sha256=dict(job.files_sha256),
             extra_details={
                 "daemon": daemon_id,
                 "late_by_seconds": round(occ.late_by.total_seconds(), 3),

@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broadcaster import accounts, db
 from broadcaster.audit import chain, exports, queries
-from broadcaster.audit.masking import mask_phone
 from broadcaster.audit.queries import ActionFilter, FilterError, MessageFilter
 from broadcaster.audit.report import ReportError, render_report_html, run_report
 from broadcaster.clock import Clock, SystemClock
@@ -182,14 +181,10 @@ def console_router(console: Console) -> APIRouter:
     router = APIRouter()
     Session = Depends(console.session)
 
-    @router.get(ROUTES["static_css"], include_in_schema=False)
-    def static_css() -> FileResponse:
-        return FileResponse(STATIC / "console.css", media_type="text/css")
-
-    @router.get(ROUTES["login"], response_class=HTMLResponse)
-    def login_form(request: Request, next: str = "") -> Response:
+    def login_page(request: Request, *, next_url: str, **extra: Any) -> Response:
+        """The login form with a fresh CSRF token, set in its cookie too (double submit)."""
         token = secrets.token_urlsafe(24)
-        response = console.page(request, "login.html", login_csrf=token, next_url=next)
+        response = console.page(request, "login.html", login_csrf=token, next_url=next_url, **extra)
         response.set_cookie(
             LOGIN_CSRF_COOKIE,
             token,
@@ -199,6 +194,14 @@ def console_router(console: Console) -> APIRouter:
             path=console.cookie_path(request),
         )
         return response
+
+    @router.get(ROUTES["static_css"], include_in_schema=False)
+    def static_css() -> FileResponse:
+        return FileResponse(STATIC / "console.css", media_type="text/css")
+
+    @router.get(ROUTES["login"], response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "") -> Response:
+        return login_page(request, next_url=next)
 
     @router.post(ROUTES["login"])
     def login(
@@ -241,24 +244,7 @@ def console_router(console: Console) -> APIRouter:
                     details={"user": user["name"], "role": user["role"]},
                 )
         if user is None:
-            new_token = secrets.token_urlsafe(24)
-            response = console.page(
-                request,
-                "login.html",
-                status=401,
-                error="Wrong user name or password.",
-                login_csrf=new_token,
-                next_url=next,
-            )
-            response.set_cookie(
-                LOGIN_CSRF_COOKIE,
-                new_token,
-                httponly=True,
-                samesite="lax",
-                secure=console.settings.console_secure_cookies,
-                path=console.cookie_path(request),
-            )
-            return response
+            return login_page(request, next_url=next, status=401, error="Wrong user name or password.")
         response = RedirectResponse(_safe_next(console, request, next), status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -400,8 +386,8 @@ def console_router(console: Console) -> APIRouter:
             return console.page(request, "messages.html", status=400, error=str(exc), **context)
         if unmask:
             console.record(request, session, "audit.unmasked", {"page": "messages", "filters": flt.as_dict()})
-        for m in rows:
-            m["phone"] = m["phone"] if unmask else mask_phone(m["phone"])
+        if not unmask:
+            rows = [queries.masked_message(m) for m in rows]
         if len(rows) == PAGE:
             query = {k: v for k, v in params.items() if k != "before"}
             query["before"] = str(rows[-1]["id"])
@@ -439,8 +425,7 @@ def console_router(console: Console) -> APIRouter:
                 rows = queries.list_actions(conn, flt, limit=PAGE, before_id=before)
         except FilterError as exc:
             return console.page(request, "trail.html", status=400, error=str(exc), **context)
-        for a in rows:
-            a["details"] = queries.mask_details(a["details"])
+        rows = [queries.masked_action(a) for a in rows]
         if len(rows) == PAGE:
             query = {k: v for k, v in params.items() if k != "before"}
             query["before"] = str(rows[-1]["id"])
