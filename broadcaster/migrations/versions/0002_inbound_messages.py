@@ -1,13 +1,13 @@
 """inbound messages (replies: STOP/START/HELP and the rest)
 
-Revision ID: 0003
+Revision ID: 0002
 Revises: 0001
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

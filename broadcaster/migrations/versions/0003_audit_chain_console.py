@@ -1,14 +1,14 @@
 """audit: hash chain columns on message_events and actions, console users and sessions
 
-Revision ID: 0005
-Revises: 0003
+Revision ID: 0003
+Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0003"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -4,14 +4,14 @@ Claims take "queued and due, most urgent first, then oldest due first". The firs
 (status, priority, next_attempt_at) could not give priority DESC with next_attempt_at ASC, so every
 claim sorted all queued messages; this one serves the claim straight from the index.
 
-Revision ID: 0002
+Revision ID: 0005
 Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
