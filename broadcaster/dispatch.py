@@ -43,7 +43,9 @@ from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
 OUTCOME_WRITE_ATTEMPTS = 5
-RECONCILE_BATCH = 20  # lookups per housekeeping pass, so a slow provider API never stalls the loop long
+#: Lookups per housekeeping pass (run 8 at a time), so a slow provider API never stalls the loop long;
+#: a full pass makes the next one due at once, so a backlog after a crash clears quickly.
+RECONCILE_BATCH = 32
 messages_t = Message.__table__
 runs_t = Run.__table__
 
@@ -120,6 +122,7 @@ class Dispatcher:
         self.housekeeping_interval = housekeeping_interval
         self.rng = rng or random.Random()
         self._windows: dict[int, tuple[QuietHours, ZoneInfo]] = {}
+        self._reconcile_backlog = False
 
     # ---- public entry points -------------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class Dispatcher:
             limit=RECONCILE_BATCH,
         )
         stats.reconciled = sum(n for k, n in settled.items() if k != "deferred")
+        self._reconcile_backlog = sum(settled.values()) >= RECONCILE_BATCH
         for cancelled_run in cancelled_runs_with_queued(self.engine):
             stats.cancelled += cancel_queued(self.engine, cancelled_run, now=now)
         completed = complete_finished_runs(self.engine, now=now)
@@ -222,7 +226,8 @@ class Dispatcher:
                 stopping = stop is not None and stop.is_set()
                 if stopping:
                     halt.set()  # what waits in the pool is handed back, requests in flight finish
-                if not stopping and time.monotonic() - last_housekeeping >= self.housekeeping_interval:
+                interval = 0.0 if self._reconcile_backlog else self.housekeeping_interval
+                if not stopping and time.monotonic() - last_housekeeping >= interval:
                     if buffer:  # lookups can be slow: do not let outcomes wait behind them
                         self._write_outcomes(buffer, stats)
                         buffer = []
