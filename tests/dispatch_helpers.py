@@ -28,8 +28,10 @@ def phone(i: int) -> str:
     return f"+86138{i:08d}"
 
 
-def seed_list(engine: sa.Engine, name: str, ids: range, now: datetime) -> None:
-    """Recipients ``ids`` (created if new) in list ``name``."""
+def seed_list(
+    engine: sa.Engine, name: str, ids: range, now: datetime, phone_of: Callable[[int], str] = phone
+) -> None:
+    """Recipients ``ids`` (created if new, with phone ``phone_of(id)``) in list ``name``."""
     with db.writing(engine) as conn:
         list_id = conn.execute(
             sa.insert(RecipientList.__table__)
@@ -44,7 +46,7 @@ def seed_list(engine: sa.Engine, name: str, ids: range, now: datetime) -> None:
         new = [
             {
                 "id": i,
-                "phone": phone(i),
+                "phone": phone_of(i),
                 "name": f"用户{i}",
                 "attributes": {},
                 "created_at": now,
