@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,26 @@ def broadcaster(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@contextmanager
+def children() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``start(env, *args)`` runs ``broadcaster ARGS``; whatever still runs at the end is killed,
+    so a failing test leaves no worker behind."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        proc = broadcaster(env, *args)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
 def wait_until(
     what: str, done: Callable[[], bool], procs: Sequence[subprocess.Popen[bytes]] = (), timeout: float = 20.0
 ) -> None:
@@ -77,9 +98,11 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     return out.decode()
 
 
-def start_webhooks(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_webhooks(
+    env: dict[str, str], start: Callable[..., subprocess.Popen[bytes]] = broadcaster
+) -> tuple[subprocess.Popen[bytes], str]:
     """``broadcaster webhooks serve --port 0``; returns the process and its base URL."""
-    proc = broadcaster(env, "webhooks", "serve", "--port", "0")
+    proc = start(env, "webhooks", "serve", "--port", "0")
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Callable
@@ -164,6 +165,27 @@ class ScriptedProvider:
         return sum(1 for f in self.sent if f.to == to)
 
 
+class AsyncScriptedProvider(ScriptedProvider):
+    """The same script, sent through ``send_async``: the dispatcher then uses its event-loop sender."""
+
+    name = "scripted-async"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = 0
+
+    async def send_async(self, message: Outbound) -> Accepted:
+        await asyncio.sleep(0)  # let other attempts interleave, as a real request would
+        return self.send(message)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+#: Both kinds of scripted provider, for tests that hold for the thread pool and the event loop alike.
+PROVIDER_KINDS = {"threads": ScriptedProvider, "event-loop": AsyncScriptedProvider}
+
+
 def transient(code: str = "30001", status: int | None = None) -> ProviderError:
     return ProviderError(f"transient {code}", code=code, http_status=status, transient=True)
 
@@ -186,6 +208,9 @@ class FakeTime:
         assert seconds > 0
         self.now += seconds
         self.slept += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
 
 
 def worst_second(sent: list[tuple[float, int]]) -> float:

@@ -7,9 +7,10 @@ The fake's record of what it accepted is the judge of "exactly once"."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from broadcaster.status_updates import RANK
 from broadcaster.twilio_fake import FakeTwilioHandle, run_fake_twilio, spawn_fake_twilio
 from tests.delivery_helpers import (
     assert_each_received_once,
-    broadcaster,
+    children,
     created,
     event_counts,
     finish,
@@ -49,6 +50,13 @@ def prepare(url: str, tmp_path: Path, phones: list[str]) -> tuple[sa.Engine, int
     return engine, run_id
 
 
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``spawn(env, *args)``: a ``broadcaster`` child process, killed at the end if still running."""
+    with children() as start:
+        yield start
+
+
 def run_status(engine: sa.Engine, run_id: int) -> str:
     with db.reading(engine) as conn:
         return conn.execute(
@@ -64,7 +72,7 @@ def numbers(n: int) -> list[str]:
 
 
 def test_workers_killed_mid_run_through_twilio_send_everyone_exactly_once(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     """SIGKILL three times while requests are in flight and answers are being lost, restart each
     time: every recipient gets exactly one message, and the messages the provider accepted but the
@@ -80,12 +88,12 @@ def test_workers_killed_mid_run_through_twilio_send_everyone_exactly_once(
             sqlite_url, tmp_path, fake, BROADCASTER_CONCURRENCY="16", BROADCASTER_BATCH_SIZE="48"
         )
         for target in (150, 450, 800):
-            proc = broadcaster(env, "worker", "--run", str(run_id))
+            proc = spawn(env, "worker", "--run", str(run_id))
             wait_until(f"{target} messages at the fake", lambda t=target: created(fake) >= t, [proc])
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)  # reaped: its pid is gone, so its leases are recovered at once
         assert created(fake) < n  # the kills really fell mid-run
-        final = broadcaster(env, "worker", "--run", str(run_id))
+        final = spawn(env, "worker", "--run", str(run_id))
         wait_until("the run to complete", lambda: run_status(engine, run_id) == "completed", [final], 30)
         final.send_signal(signal.SIGTERM)
         finish(final)
@@ -129,8 +137,9 @@ def fake_server() -> Iterator[FakeTwilioHandle]:
         yield fake
 
 
+@pytest.mark.parametrize("send_mode", ["auto", "threads"])  # the event loop (send_async), threads (send)
 def test_injected_errors_end_with_every_message_terminal_and_explained(
-    sqlite_url: str, tmp_path: Path, fake_server: FakeTwilioHandle
+    sqlite_url: str, tmp_path: Path, fake_server: FakeTwilioHandle, send_mode: str
 ) -> None:
     fake = fake_server
     fake.reset()
@@ -155,6 +164,7 @@ def test_injected_errors_end_with_every_message_terminal_and_explained(
         backoff=Backoff(0.05, 0.2),
         reconcile_delay=timedelta(0),
         housekeeping_interval=0.2,
+        send_mode=send_mode,
     )
     dispatcher.run_to_end(run_id, threading.Event(), timedelta(seconds=10))
 
@@ -209,13 +219,14 @@ def test_injected_errors_end_with_every_message_terminal_and_explained(
 
 
 def test_three_twilio_workers_on_postgresql_one_killed_send_everyone_once(
-    pg_url: str, tmp_path: Path
+    pg_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     n = 400
     engine, run_id = prepare(pg_url, tmp_path, numbers(n))
     with spawn_fake_twilio(latency_ms=20, extra_args=["--no-progress"]) as fake:
-        env = worker_env(pg_url, tmp_path, fake, BROADCASTER_CONCURRENCY="8")
-        workers = [broadcaster(env, "worker", "--run", str(run_id), "--once") for _ in range(3)]
+        # Threads here (the crash test above uses the event loop): both senders face a kill.
+        env = worker_env(pg_url, tmp_path, fake, BROADCASTER_CONCURRENCY="8", BROADCASTER_SEND_MODE="threads")
+        workers = [spawn(env, "worker", "--run", str(run_id), "--once") for _ in range(3)]
         wait_until("a quarter of the run at the fake", lambda: created(fake) >= n // 4, workers)
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(10)
@@ -223,7 +234,7 @@ def test_three_twilio_workers_on_postgresql_one_killed_send_everyone_once(
             finish(proc)
         # The survivors recover the dead worker's leases; one more pass settles what was still
         # waiting for its reconcile delay when they ran out of work.
-        finish(broadcaster(env, "worker", "--run", str(run_id), "--once"))
+        finish(spawn(env, "worker", "--run", str(run_id), "--once"))
         rows = assert_each_received_once(engine, run_id, fake, set(numbers(n)))
     owners = {m["lease_owner"] for m in rows}
     assert len(owners) >= 3, owners  # the work was shared (the dead worker's rows included)
@@ -235,7 +246,7 @@ def test_three_twilio_workers_on_postgresql_one_killed_send_everyone_once(
 
 
 def test_status_callbacks_from_the_fake_reach_a_webhooks_process_out_of_order_and_twice(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     n = 40
     phones = numbers(n)
@@ -249,7 +260,7 @@ def test_status_callbacks_from_the_fake_reach_a_webhooks_process_out_of_order_an
     extra = ["--callback-delay-ms", "20", "--duplicate-callbacks", "--out-of-order-callbacks", *fail_args]
     with spawn_fake_twilio(latency_ms=5, extra_args=extra) as fake:
         hooks_env = worker_env(sqlite_url, tmp_path, fake)
-        hooks, hooks_url = start_webhooks(hooks_env)
+        hooks, hooks_url = start_webhooks(hooks_env, spawn)
         try:
             env = worker_env(
                 sqlite_url,
@@ -258,7 +269,7 @@ def test_status_callbacks_from_the_fake_reach_a_webhooks_process_out_of_order_an
                 BROADCASTER_WEBHOOK_BASE_URL=hooks_url,
                 BROADCASTER_TWILIO_READ_TIMEOUT="5",  # no lost answers here: callbacks are the subject
             )
-            finish(broadcaster(env, "worker", "--run", str(run_id), "--once"))
+            finish(spawn(env, "worker", "--run", str(run_id), "--once"))
             # queued, then the final status before "sent" (out of order), each posted twice
             expected = n * 3 * 2
             wait_until("every callback answered", lambda: len(fake.callbacks()) >= expected, [hooks])
