@@ -1,9 +1,10 @@
 """The dispatcher: claims due messages from the outbox, sends them, records every outcome.
 
 One loop thread does all database writes: it claims batches (committed as ``sending`` with a lease
-before any provider call), hands them to a pool of sender threads, and writes the outcomes the
-threads report in small groups (one transaction at most every ``flush_interval`` seconds). Sender
-threads only wait for the rate limiter and call the provider. Between batches the loop does its
+before any provider call), hands them to its sender (one event-loop thread for a provider with
+``send_async``, else a pool of threads; :mod:`broadcaster.senders`), and writes the outcomes the
+sender reports in small groups (one transaction at most every ``flush_interval`` seconds). Senders
+only wait for the rate limiter and call the provider. Between batches the loop does its
 housekeeping: dead leases become ``unknown``, ``unknown`` messages are reconciled with the
 provider, cancelled runs are swept, quiet runs are deferred, finished runs completed.
 
@@ -93,7 +94,7 @@ class Dispatcher:
         clock: Clock,
         *,
         worker_id: str | None = None,
-        batch: int = 100,
+        batch: int = 250,
         lease: timedelta = timedelta(minutes=2),
         max_attempts: int = 5,
         limiter: RateLimiter | None = None,

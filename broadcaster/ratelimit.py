@@ -1,10 +1,11 @@
 """Per-sender rate limits: a token bucket keeps an even pace, a one-second window is the hard cap.
 
 A token bucket alone lets ``burst + rate`` through in a second; with a tiny bucket it cannot take a
-message that costs several segments. So the bucket (capacity about 1% of the rate, at least one
-unit) only paces, and a sliding one-second ledger of what was let through refuses anything that
-would put more than ``rate`` units into any one-second window. A single message that costs more
-than a whole second's allowance goes alone, once the window is empty.
+message that costs several segments. So the bucket (capacity 25 ms of the rate, at least one
+unit: a sender that wakes up late, as threads and event loops do now and then, catches up instead
+of losing the time) only paces, and a sliding one-second ledger of what was let through refuses
+anything that would put more than ``rate`` units into any one-second window. A single message that
+costs more than a whole second's allowance goes alone, once the window is empty.
 
 Time is injected (``monotonic``, ``sleep`` and ``async_sleep``) so tests drive it without waiting.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
 WINDOW = 1.0  # seconds
+BURST_SECONDS = 0.025  # bucket capacity, in seconds of the rate
 _EPSILON = 1e-9
 _MIN_WAIT = 1e-6
 
@@ -48,7 +50,7 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive (no limiter at all means no limit)")
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate / 100)
+        self.burst = burst if burst is not None else max(1.0, rate * BURST_SECONDS)
         self.monotonic = monotonic
         self.sleep = sleep
         self.async_sleep = async_sleep
@@ -67,7 +69,8 @@ class RateLimiter:
             now = self.monotonic()
             state = self._senders.get(key)
             if state is None:
-                state = self._senders[key] = _SenderState(tokens=self.burst, updated=now)
+                # One unit to start with, not a full bucket: the first second is not front-loaded.
+                state = self._senders[key] = _SenderState(tokens=min(self.burst, 1.0), updated=now)
             state.tokens = min(self.burst, state.tokens + (now - state.updated) * self.rate)
             state.updated = now
             while state.sent and state.sent[0][0] <= now - WINDOW:
@@ -126,10 +129,10 @@ def default_concurrency(rate: float, latency: float = 0.2, *, event_loop: bool =
 
     Threads: 25% headroom, at most 64 (8 without a limit). The event loop keeps a request in flight
     for the cost of a task, so it takes twice the need (a provider slower than ``latency`` still
-    gets the full rate; the limiter, not the pool, sets the pace), at most 512 (32 without a limit).
+    gets the full rate; the limiter, not the pool, sets the pace), at most 256 (32 without a limit).
     """
     if event_loop:
-        return 32 if rate <= 0 else max(1, min(512, math.ceil(rate * latency * 2)))
+        return 32 if rate <= 0 else max(1, min(256, math.ceil(rate * latency * 2)))
     if rate <= 0:
         return 8
     return max(1, min(64, math.ceil(rate * latency * 1.25)))

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     rate_margin: float = Field(default=0.01, ge=0, lt=0.5)
     concurrency: int | None = Field(default=None, ge=1, le=256)  # default: from the rate limit
     lease_seconds: float = Field(default=120.0, gt=0)
-    batch_size: int = Field(default=100, ge=1, le=5000)
+    batch_size: int = Field(default=250, ge=1, le=5000)
     worker_id: str | None = Field(default=None, max_length=200)
     backoff_base_seconds: float = Field(default=2.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
