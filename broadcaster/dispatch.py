@@ -1,9 +1,10 @@
 """The dispatcher: claims due messages from the outbox, sends them, records every outcome.
 
 One loop thread does all database writes: it claims batches (committed as ``sending`` with a lease
-before any provider call), hands them to a pool of sender threads, and writes the outcomes the
-threads report in small groups (one transaction at most every ``flush_interval`` seconds). Sender
-threads only wait for the rate limiter and call the provider. Between batches the loop does its
+before any provider call), hands them to its sender (one event-loop thread for a provider with
+``send_async``, else a pool of threads; :mod:`broadcaster.senders`), and writes the outcomes the
+sender reports in small groups (one transaction at most every ``flush_interval`` seconds). Senders
+only wait for the rate limiter and call the provider. Between batches the loop does its
 housekeeping: dead leases become ``unknown``, ``unknown`` messages are reconciled with the
 provider, cancelled runs are swept, quiet runs are deferred, finished runs completed.
 
@@ -19,7 +20,6 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -32,18 +32,24 @@ from broadcaster.claims import ACTIVE_RUN_STATES, Claimed, claim, default_worker
 from broadcaster.clock import Clock
 from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN, Message, Run
 from broadcaster.optouts import add_optout
-from broadcaster.providers.base import Outbound, Provider, ProviderError
+from broadcaster.providers.base import Accepted, AsyncSending, Outbound, Provider, ProviderError
 from broadcaster.quiet_hours import QuietHours, defer_due_messages, effective, quiet_now, run_windows
 from broadcaster.ratelimit import RateLimiter, default_concurrency
 from broadcaster.reconcile import reconcile_unknown, recover_stale_leases
 from broadcaster.retry import Backoff, Decision, decide
 from broadcaster.run_control import cancel_queued, cancelled_runs_with_queued, complete_finished_runs
+from broadcaster.senders import LoopSender, Sender, ThreadSender
 from broadcaster.settings import Settings
 from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
 OUTCOME_WRITE_ATTEMPTS = 5
-RECONCILE_BATCH = 20  # lookups per housekeeping pass, so a slow provider API never stalls the loop long
+#: Lookups per housekeeping pass (run 8 at a time), so a slow provider API never stalls the loop long;
+#: a full pass makes the next one due at once, so a backlog after a crash clears quickly.
+RECONCILE_BATCH = 32
+COLLECT_TICK = 0.005  # seconds between looks at the senders' outcomes while requests are in flight
+#: auto: a provider with ``send_async`` sends from one event loop, others from a thread pool.
+SEND_MODES = ("auto", "threads")
 messages_t = Message.__table__
 runs_t = Run.__table__
 
@@ -88,7 +94,7 @@ class Dispatcher:
         clock: Clock,
         *,
         worker_id: str | None = None,
-        batch: int = 100,
+        batch: int = 250,
         lease: timedelta = timedelta(minutes=2),
         max_attempts: int = 5,
         limiter: RateLimiter | None = None,
@@ -100,7 +106,10 @@ class Dispatcher:
         flush_interval: float = 0.2,
         housekeeping_interval: float = 1.0,
         rng: random.Random | None = None,
+        send_mode: str = "auto",
     ) -> None:
+        if send_mode not in SEND_MODES:
+            raise ValueError(f"send mode {send_mode!r}: expected one of {', '.join(SEND_MODES)}")
         effective(None, quiet_hours)  # a malformed default fails here, not in the middle of a run
         self.engine = engine
         self.provider = provider
@@ -119,7 +128,9 @@ class Dispatcher:
         self.flush_interval = flush_interval
         self.housekeeping_interval = housekeeping_interval
         self.rng = rng or random.Random()
+        self.send_mode = send_mode
         self._windows: dict[int, tuple[QuietHours, ZoneInfo]] = {}
+        self._reconcile_backlog = False
 
     # ---- public entry points -------------------------------------------------------------------
 
@@ -189,6 +200,7 @@ class Dispatcher:
             limit=RECONCILE_BATCH,
         )
         stats.reconciled = sum(n for k, n in settled.items() if k != "deferred")
+        self._reconcile_backlog = sum(settled.values()) >= RECONCILE_BATCH
         for cancelled_run in cancelled_runs_with_queued(self.engine):
             stats.cancelled += cancel_queued(self.engine, cancelled_run, now=now)
         completed = complete_finished_runs(self.engine, now=now)
@@ -216,13 +228,14 @@ class Dispatcher:
         in_flight = 0
         last_housekeeping = float("-inf")
         claim_after = 0.0  # after a short claim, wait a little before asking again
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="send")
+        sender = self._sender(halt, results)
         try:
             while True:
                 stopping = stop is not None and stop.is_set()
                 if stopping:
                     halt.set()  # what waits in the pool is handed back, requests in flight finish
-                if not stopping and time.monotonic() - last_housekeeping >= self.housekeeping_interval:
+                interval = 0.0 if self._reconcile_backlog else self.housekeeping_interval
+                if not stopping and time.monotonic() - last_housekeeping >= interval:
                     if buffer:  # lookups can be slow: do not let outcomes wait behind them
                         self._write_outcomes(buffer, stats)
                         buffer = []
@@ -235,22 +248,23 @@ class Dispatcher:
                 refill = drained or (in_flight <= prefetch // 2 and time.monotonic() >= claim_after)
                 if not stopping and room > 0 and refill:
                     claimed = self._claim(run_id, room, stats)
-                    for msg in claimed:
-                        pool.submit(self._attempt, msg, halt, results)
+                    sender.submit(claimed)
                     in_flight += len(claimed)
                     if len(claimed) < room:
                         claim_after = time.monotonic() + min(poll, 0.25)
-                wait = 0.0 if claimed or not in_flight else 0.02
-                while True:  # collect what the sender threads reported
+                if in_flight and not claimed:
+                    # Let outcomes gather: one wake-up of this thread per tick, not one per message
+                    # (each wake-up takes the GIL from the senders).
+                    time.sleep(COLLECT_TICK)
+                while True:  # collect what the senders reported
                     try:
-                        outcome = results.get(timeout=wait) if wait else results.get_nowait()
+                        outcome = results.get_nowait()
                     except queue.Empty:
                         break
                     if not buffer:
                         buffered_since = time.monotonic()
                     buffer.append(outcome)
                     in_flight -= 1
-                    wait = 0.0
                 if buffer and (
                     in_flight == 0
                     or stopping
@@ -273,7 +287,7 @@ class Dispatcher:
                     stop.wait(poll)
         finally:
             halt.set()
-            pool.shutdown(wait=True)
+            sender.shutdown()
             while True:
                 try:
                     buffer.append(results.get_nowait())
@@ -311,34 +325,82 @@ class Dispatcher:
         stats.suppressed += len(suppressed)
         return claimed
 
-    # ---- sender threads ------------------------------------------------------------------------
+    # ---- sending (sender threads or the sender event loop) -------------------------------------
 
-    def _attempt(self, msg: Claimed, halt: threading.Event, results: queue.Queue[_Outcome]) -> None:
-        try:
-            results.put(self._send(msg, halt))
-        except Exception as exc:  # a bug or an unforeseen error: the request may have gone out
-            log.exception("message %s: unexpected error while sending", msg.id)
-            results.put(self._uncertain(msg, ProviderError(f"unexpected error: {type(exc).__name__}: {exc}")))
+    def _sender(self, halt: threading.Event, results: queue.Queue[_Outcome]) -> Sender:
+        provider = self.provider
+        if self.send_mode == "auto" and isinstance(provider, AsyncSending):
+
+            async def attempt_async(msg: Claimed) -> None:
+                try:
+                    results.put(await self._send_async(msg, halt, provider))
+                except Exception as exc:  # a bug or an unforeseen error: the request may have gone out
+                    results.put(self._unexpected(msg, exc))
+
+            return LoopSender(attempt_async, self.concurrency, close=provider.aclose)
+
+        def attempt(msg: Claimed) -> None:
+            try:
+                results.put(self._send(msg, halt))
+            except Exception as exc:  # a bug or an unforeseen error: the request may have gone out
+                results.put(self._unexpected(msg, exc))
+
+        return ThreadSender(attempt, self.concurrency)
+
+    def _unexpected(self, msg: Claimed, exc: Exception) -> _Outcome:
+        log.error("message %s: unexpected error while sending", msg.id, exc_info=exc)
+        return self._uncertain(msg, ProviderError(f"unexpected error: {type(exc).__name__}: {exc}"))
 
     def _send(self, msg: Claimed, halt: threading.Event) -> _Outcome:
         if halt.is_set():
             return self._release(msg, "worker stopping")
-        if self.limiter is not None:
-            cost = msg.segments if self.rate_unit == "segments" else 1
-            if not self.limiter.acquire(msg.sender or "default", cost, cancel=halt):
-                return self._release(msg, "worker stopping")
+        if self.limiter is not None and not self.limiter.acquire(*self._rate_key(msg), cancel=halt):
+            return self._release(msg, "worker stopping")
+        held = self._hold_back(msg)
+        if held is not None:
+            return held
+        try:
+            accepted = self.provider.send(self._outbound(msg))
+        except ProviderError as exc:
+            return self._failure(msg, exc)
+        return self._accepted(msg, accepted)
+
+    async def _send_async(self, msg: Claimed, halt: threading.Event, provider: AsyncSending) -> _Outcome:
+        """:meth:`_send` on the sender event loop: the same checks, in the same order."""
+        if halt.is_set():
+            return self._release(msg, "worker stopping")
+        if self.limiter is not None and not await self.limiter.acquire_async(
+            *self._rate_key(msg), cancel=halt
+        ):
+            return self._release(msg, "worker stopping")
+        held = self._hold_back(msg)
+        if held is not None:
+            return held
+        try:
+            accepted = await provider.send_async(self._outbound(msg))
+        except ProviderError as exc:
+            return self._failure(msg, exc)
+        return self._accepted(msg, accepted)
+
+    def _rate_key(self, msg: Claimed) -> tuple[str, float]:
+        return msg.sender or "default", msg.segments if self.rate_unit == "segments" else 1
+
+    def _hold_back(self, msg: Claimed) -> _Outcome | None:
+        """Hand the message back instead of starting a request that could outlive its lease, or
+        that would fall into quiet hours."""
         now = self.clock.now()
         if now >= msg.lease_expires_at - self.lease / 2:
             return self._release(msg, "lease too old to start a request")
         window = self._windows.get(msg.run_id)
         if window is not None and window[0].opens_at(now, window[1]) is not None:
             return self._release(msg, "quiet hours began")
-        try:
-            accepted = self.provider.send(
-                Outbound(message_id=msg.id, to=msg.phone, body=msg.body, sender=msg.sender)
-            )
-        except ProviderError as exc:
-            return self._failure(msg, exc)
+        return None
+
+    @staticmethod
+    def _outbound(msg: Claimed) -> Outbound:
+        return Outbound(message_id=msg.id, to=msg.phone, body=msg.body, sender=msg.sender)
+
+    def _accepted(self, msg: Claimed, accepted: Accepted) -> _Outcome:
         change = Change(
             msg.id,
             msg.run_id,
@@ -455,8 +517,12 @@ def dispatcher_from_settings(
     engine: Engine, provider: Provider, clock: Clock, settings: Settings, **overrides: object
 ) -> Dispatcher:
     """A dispatcher configured from BROADCASTER_* settings (rate limit, concurrency, leases, ...)."""
-    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
-    concurrency = settings.concurrency or default_concurrency(settings.rate_limit)
+    # A hair below the limit: jitter between here and the provider (scheduling, the network) must
+    # not push any second at the provider over it.
+    rate = settings.rate_limit * (1 - settings.rate_margin)
+    limiter = RateLimiter(rate) if settings.rate_limit > 0 else None
+    event_loop = settings.send_mode == "auto" and isinstance(provider, AsyncSending)
+    concurrency = settings.concurrency or default_concurrency(settings.rate_limit, event_loop=event_loop)
     options: dict[str, object] = {
         "worker_id": settings.worker_id,
         "batch": settings.batch_size,
@@ -468,6 +534,7 @@ def dispatcher_from_settings(
         "backoff": Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds),
         "quiet_hours": settings.quiet_hours,
         "reconcile_delay": timedelta(seconds=settings.reconcile_delay_seconds),
+        "send_mode": settings.send_mode,
     }
     options.update(overrides)
     return Dispatcher(engine, provider, clock, **options)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ cannot look messages up leaves them to an operator (``broadcaster runs resolve``
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -42,6 +43,8 @@ NOT_FOUND = "not-found"
 #: How far before the attempt's start a lookup reaches back (clock differences between hosts).
 LOOKUP_MARGIN = timedelta(seconds=60)
 PAGE = 500
+#: Lookups at the provider running at once while reconciling.
+LOOKUP_THREADS = 8
 
 
 def recover_stale_leases(engine: Engine, *, now: datetime, worker_id: str, retry_after: timedelta) -> int:
@@ -103,8 +106,14 @@ def reconcile_unknown(
     max_attempts: int,
     retry_after: timedelta,
     limit: int = PAGE,
+    lookup_threads: int = LOOKUP_THREADS,
 ) -> dict[str, int]:
-    """Settle ``unknown`` messages that are due for a look; returns counts by outcome."""
+    """Settle ``unknown`` messages that are due for a look; returns counts by outcome.
+
+    The lookups run in parallel (``lookup_threads``): after a crash a worker may find a whole
+    claimed batch uncertain, and one lookup at a time would take minutes at a real API's latency.
+    The answers are then applied in one transaction, one message after the other, so a provider id
+    matched to one message is never matched to a second."""
     outcome = {SENT: 0, QUEUED: 0, CANCELLED: 0, FAILED: 0, "deferred": 0}
     if not provider.can_lookup:
         return outcome
@@ -124,49 +133,70 @@ def reconcile_unknown(
             .order_by(messages_t.c.next_attempt_at, messages_t.c.id)
             .limit(limit)
         ).all()
-    for r in rows:
-        since = (r.attempt_started_at or now) - LOOKUP_MARGIN
+    if not rows:
+        return outcome
+
+    def since(r: sa.Row) -> datetime:  # type: ignore[type-arg]
+        return (r.attempt_started_at or now) - LOOKUP_MARGIN
+
+    def look(r: sa.Row) -> list[Found] | ProviderError:  # type: ignore[type-arg]
         try:
-            found = provider.lookup(r.phone, since)
+            return provider.lookup(r.phone, since(r))
         except ProviderError as exc:
-            log.warning("lookup for message %s failed (%s); trying again later", r.id, exc.text)
-            with db.writing(engine) as conn:
+            return exc
+
+    if len(rows) == 1 or lookup_threads <= 1:
+        answers = [look(r) for r in rows]
+    else:
+        with ThreadPoolExecutor(min(lookup_threads, len(rows)), thread_name_prefix="lookup") as pool:
+            answers = list(pool.map(look, rows))
+    with db.writing(engine) as conn:
+        for r, found in zip(rows, answers, strict=True):
+            if isinstance(found, ProviderError):
+                log.warning("lookup for message %s failed (%s); trying again later", r.id, found.text)
                 conn.execute(
                     sa.update(messages_t)
                     .where(messages_t.c.id == r.id, messages_t.c.status == UNKNOWN)
                     .values(next_attempt_at=now + retry_after)
                 )
-            outcome["deferred"] += 1
-            continue
-        with db.writing(engine) as conn:
-            match = _match(found, r.body, _known_provider_ids(conn, found, r.id))
-            detail: dict[str, object] = {"looked_up_since": since.isoformat(), "found": len(found)}
-            if match is not None:
-                change = Change(
-                    r.id,
-                    r.run_id,
-                    SENT,
-                    {
-                        "provider_id": match.provider_id,
-                        "sent_at": match.created_at or now,
-                        "error_code": None,
-                        "error_text": None,
-                    },
-                    {**detail, "provider_id": match.provider_id},
-                    attempt=r.attempts,
-                )
-            elif r.run_status == RUN_CANCELLED:
-                change = Change(
-                    r.id, r.run_id, CANCELLED, {"final_at": now}, {**detail, "reason": "run cancelled"}
-                )
-            elif r.attempts >= max_attempts:
-                text = f"not at the provider after {r.attempts} attempts"
-                values = {"final_at": now, "error_code": NOT_FOUND, "error_text": text}
-                change = Change(r.id, r.run_id, FAILED, values, {**detail, "code": NOT_FOUND, "text": text})
-            else:
-                change = Change(
-                    r.id, r.run_id, QUEUED, {"next_attempt_at": now}, {**detail, "reason": "not found"}
-                )
+                outcome["deferred"] += 1
+                continue
+            change = _settle(conn, r, found, now=now, since=since(r), max_attempts=max_attempts)
             if apply_changes(conn, [change], from_states=[UNKNOWN], at=now, source=SOURCE):
                 outcome[change.to_status] += 1
     return outcome
+
+
+def _settle(
+    conn: Connection,
+    r: sa.Row,  # type: ignore[type-arg]
+    found: list[Found],
+    *,
+    now: datetime,
+    since: datetime,
+    max_attempts: int,
+) -> Change:
+    """What one lookup's answer means for an ``unknown`` message."""
+    match = _match(found, r.body, _known_provider_ids(conn, found, r.id))
+    detail: dict[str, object] = {"looked_up_since": since.isoformat(), "found": len(found)}
+    if match is not None:
+        return Change(
+            r.id,
+            r.run_id,
+            SENT,
+            {
+                "provider_id": match.provider_id,
+                "sent_at": match.created_at or now,
+                "error_code": None,
+                "error_text": None,
+            },
+            {**detail, "provider_id": match.provider_id},
+            attempt=r.attempts,
+        )
+    if r.run_status == RUN_CANCELLED:
+        return Change(r.id, r.run_id, CANCELLED, {"final_at": now}, {**detail, "reason": "run cancelled"})
+    if r.attempts >= max_attempts:
+        text = f"not at the provider after {r.attempts} attempts"
+        values = {"final_at": now, "error_code": NOT_FOUND, "error_text": text}
+        return Change(r.id, r.run_id, FAILED, values, {**detail, "code": NOT_FOUND, "text": text})
+    return Change(r.id, r.run_id, QUEUED, {"next_attempt_at": now}, {**detail, "reason": "not found"})

@@ -54,14 +54,18 @@ class Settings(BaseSettings):
     # (documented in docs/delivery.md; quiet_hours and max_attempts above belong here too)
     rate_limit: float = Field(default=10.0, ge=0)  # per sender, per second; 0 = no limit
     rate_unit: str = "segments"  # messages | segments
+    # The limiter paces this fraction below rate_limit, so jitter cannot push a second at the provider over.
+    rate_margin: float = Field(default=0.01, ge=0, lt=0.5)
     concurrency: int | None = Field(default=None, ge=1, le=256)  # default: from the rate limit
     lease_seconds: float = Field(default=120.0, gt=0)
-    batch_size: int = Field(default=100, ge=1, le=5000)
+    batch_size: int = Field(default=250, ge=1, le=5000)
     worker_id: str | None = Field(default=None, max_length=200)
     backoff_base_seconds: float = Field(default=2.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
     reconcile_delay_seconds: float = Field(default=30.0, ge=0)
     log_provider_delay_ms: float = Field(default=0.0, ge=0)
+    # auto: providers that can (Twilio) send from one event loop; threads: always a thread pool.
+    send_mode: str = Field(default="auto", pattern="^(auto|threads)$")
 
     @field_validator("quiet_hours")
     @classmethod

@@ -2,8 +2,9 @@
 
 Callbacks arrive late, twice, or out of order, so a message's state only ever moves up the ranks
 ``queued < sending = unknown < sent < delivered = undelivered = failed``: a repeated or stale callback
-changes nothing and records nothing, and a final state is never left. Every applied change is
-recorded as a message event (source ``twilio-callback``) in the same transaction.
+changes nothing and records nothing, and a final state is never left. Changes go through the
+dispatcher's guarded transitions (:func:`broadcaster.transitions.apply_changes`), so each applied
+change is recorded as a message event (source ``twilio-callback``) in the same transaction.
 
 A callback that names our message id (the ``m`` query parameter the adapter puts in the signed
 StatusCallback URL) resolves a message whose create request got no answer (``unknown``), or whose
@@ -32,6 +33,7 @@ from broadcaster.models import (
     Message,
 )
 from broadcaster.optouts import add_optout
+from broadcaster.transitions import Change, apply_changes
 
 log = logging.getLogger(__name__)
 messages_t = Message.__table__
@@ -152,13 +154,7 @@ def apply_status_callback(
     if current not in RANK or RANK[ours] <= RANK[current]:
         return CallbackResult("unchanged", row["id"], current, current)
 
-    values: dict[str, Any] = {
-        "status": ours,
-        "updated_at": now,
-        "provider_id": sid,
-        "lease_owner": None,
-        "lease_expires_at": None,
-    }
+    values: dict[str, Any] = {"provider_id": sid, "lease_owner": None, "lease_expires_at": None}
     if row["sent_at"] is None:
         values["sent_at"] = now
     if ours in FINAL:
@@ -171,27 +167,11 @@ def apply_status_callback(
     elif ours == DELIVERED:
         values["error_code"] = None
         values["error_text"] = None
-    result = conn.execute(
-        sa.update(messages_t)
-        .where(messages_t.c.id == row["id"], messages_t.c.status == current)
-        .values(**values)
-    )
-    if result.rowcount != 1:  # cannot happen under the row lock; never record what did not happen
-        return CallbackResult("unchanged", row["id"], current, current)
-    record_events(
-        conn,
-        [
-            {
-                "message_id": row["id"],
-                "run_id": row["run_id"],
-                "at": now,
-                "from_status": current,
-                "to_status": ours,
-                "source": SOURCE,
-                "detail": detail,
-            }
-        ],
-    )
+    # The shared guarded transition: only from a state below this one, with its event.
+    earlier = [state for state, rank in RANK.items() if rank < RANK[ours]]
+    change = Change(row["id"], row["run_id"], ours, values, detail)
+    if not apply_changes(conn, [change], from_states=earlier, at=now, source=SOURCE):
+        return CallbackResult("unchanged", row["id"], current, current)  # cannot happen under the lock
     if code == OPT_OUT_ERROR:
         add_optout(
             conn,

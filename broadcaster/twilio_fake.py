@@ -288,6 +288,7 @@ class FakeTwilio:
             await asyncio.sleep(self.config.latency_ms / 1000)
 
     async def create(self, request: Request) -> Response:
+        arrived = time.time()  # before the body is read and before any latency: when it reached us
         refused = self.check(request)
         if refused is not None:
             return refused
@@ -303,7 +304,7 @@ class FakeTwilio:
         if code:
             self.stats["create-refused"] += 1
             return twilio_error(code, to=to, from_=from_)
-        msg = self.accept(form)
+        msg = self.accept(form, arrived)
         fault = self.take_fault("create", to, ("500-after", "timeout-after"))
         response = await self.apply_fault(fault)
         if response is not None:
@@ -327,7 +328,7 @@ class FakeTwilio:
             return 21617
         return None
 
-    def accept(self, form: dict[str, str]) -> dict[str, Any]:
+    def accept(self, form: dict[str, str], arrived: float | None = None) -> dict[str, Any]:
         now = now_utc()
         sid = new_sid("SM")
         account = self.config.account_sid
@@ -362,6 +363,7 @@ class FakeTwilio:
                 "status_callback": form.get("StatusCallback"),
                 "validity_period": form.get("ValidityPeriod"),
                 "created_ts": now.timestamp(),
+                "received_ts": arrived if arrived is not None else now.timestamp(),
             }
         self.stats["created"] += 1
         if self.config.progress:

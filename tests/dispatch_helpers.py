@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Callable
@@ -28,8 +29,10 @@ def phone(i: int) -> str:
     return f"+86138{i:08d}"
 
 
-def seed_list(engine: sa.Engine, name: str, ids: range, now: datetime) -> None:
-    """Recipients ``ids`` (created if new) in list ``name``."""
+def seed_list(
+    engine: sa.Engine, name: str, ids: range, now: datetime, phone_of: Callable[[int], str] = phone
+) -> None:
+    """Recipients ``ids`` (created if new, with phone ``phone_of(id)``) in list ``name``."""
     with db.writing(engine) as conn:
         list_id = conn.execute(
             sa.insert(RecipientList.__table__)
@@ -44,7 +47,7 @@ def seed_list(engine: sa.Engine, name: str, ids: range, now: datetime) -> None:
         new = [
             {
                 "id": i,
-                "phone": phone(i),
+                "phone": phone_of(i),
                 "name": f"用户{i}",
                 "attributes": {},
                 "created_at": now,
@@ -162,6 +165,27 @@ class ScriptedProvider:
         return sum(1 for f in self.sent if f.to == to)
 
 
+class AsyncScriptedProvider(ScriptedProvider):
+    """The same script, sent through ``send_async``: the dispatcher then uses its event-loop sender."""
+
+    name = "scripted-async"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = 0
+
+    async def send_async(self, message: Outbound) -> Accepted:
+        await asyncio.sleep(0)  # let other attempts interleave, as a real request would
+        return self.send(message)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+#: Both kinds of scripted provider, for tests that hold for the thread pool and the event loop alike.
+PROVIDER_KINDS = {"threads": ScriptedProvider, "event-loop": AsyncScriptedProvider}
+
+
 def transient(code: str = "30001", status: int | None = None) -> ProviderError:
     return ProviderError(f"transient {code}", code=code, http_status=status, transient=True)
 
@@ -184,6 +208,9 @@ class FakeTime:
         assert seconds > 0
         self.now += seconds
         self.slept += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
 
 
 def worst_second(sent: list[tuple[float, int]]) -> float:

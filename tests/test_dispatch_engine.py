@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from broadcaster import db
@@ -21,6 +22,7 @@ from broadcaster.retry import Backoff
 from broadcaster.run_control import cancel_run, pause_run, resolve_unknown, resume_run
 from broadcaster.runs import counts_by_status, get_run
 from tests.dispatch_helpers import (
+    PROVIDER_KINDS,
     ScriptedProvider,
     events,
     make_run,
@@ -33,6 +35,12 @@ from tests.dispatch_helpers import (
 )
 
 START = datetime(2011, 8, 31, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
+
+
+@pytest.fixture(params=sorted(PROVIDER_KINDS))
+def scripted(request: pytest.FixtureRequest) -> type[ScriptedProvider]:
+    """The scripted provider with a blocking send (thread pool) or with send_async (event loop)."""
+    return PROVIDER_KINDS[request.param]
 
 
 def _setup(engine: sa.Engine, tmp_path: Path, n: int = 3, **run_options):  # type: ignore[no-untyped-def]
@@ -59,9 +67,11 @@ def _run_status(engine: sa.Engine, run_id: int) -> str:
         return get_run(conn, run_id)["status"]
 
 
-def test_transient_errors_back_off_then_succeed(engine: sa.Engine, tmp_path: Path) -> None:
+def test_transient_errors_back_off_then_succeed(
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
+) -> None:
     clock, _, run_id = _setup(engine, tmp_path)
-    provider = ScriptedProvider(clock, {phone(1): [transient("30001"), transient("20429", 429)]})
+    provider = scripted(clock, {phone(1): [transient("30001"), transient("20429", 429)]})
     dispatcher = _dispatcher(engine, provider, clock, backoff=Backoff(base=2, cap=300))
 
     stats = dispatcher.run_until_idle()
@@ -121,11 +131,11 @@ def test_permanent_error_fails_at_once_with_code_and_text(engine: sa.Engine, tmp
 
 
 def test_provider_opt_out_fails_the_message_and_records_the_opt_out(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
 ) -> None:
     clock, store, run_id = _setup(engine, tmp_path, n=2)
     refusal = ProviderError("recipient unsubscribed", code="21610", http_status=400, opt_out=True)
-    provider = ScriptedProvider(clock, {phone(1): [refusal]})
+    provider = scripted(clock, {phone(1): [refusal]})
     _dispatcher(engine, provider, clock).run_until_idle()
     msg = [m for m in messages(engine, run_id) if m["phone"] == phone(1)][0]
     assert (msg["status"], msg["error_code"]) == ("failed", "21610")
@@ -155,10 +165,10 @@ def test_opt_out_after_materialising_is_suppressed_at_claim_time(engine: sa.Engi
 
 
 def test_lost_answer_is_reconciled_as_sent_without_a_second_request(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
 ) -> None:
     clock, _, run_id = _setup(engine, tmp_path, n=2)
-    provider = ScriptedProvider(clock, {phone(1): ["lost"]})
+    provider = scripted(clock, {phone(1): ["lost"]})
     dispatcher = _dispatcher(engine, provider, clock)
     assert dispatcher.run_until_idle().unknown == 1
     msg = [m for m in messages(engine, run_id) if m["phone"] == phone(1)][0]
@@ -178,9 +188,11 @@ def test_lost_answer_is_reconciled_as_sent_without_a_second_request(
     assert _run_status(engine, run_id) == "completed"
 
 
-def test_uncertain_attempt_not_found_is_resent_exactly_once(engine: sa.Engine, tmp_path: Path) -> None:
+def test_uncertain_attempt_not_found_is_resent_exactly_once(
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
+) -> None:
     clock, _, run_id = _setup(engine, tmp_path, n=1)
-    provider = ScriptedProvider(
+    provider = scripted(
         clock, {phone(1): [ProviderError("502 bad gateway", http_status=502, accepted_maybe=True)]}
     )
     dispatcher = _dispatcher(engine, provider, clock)
@@ -342,7 +354,9 @@ def test_urgent_run_overtakes_a_bulk_run_in_progress(engine: sa.Engine, tmp_path
     assert _counts(engine, bulk) == {"sent": 40} and _counts(engine, state["urgent"]) == {"sent": 5}
 
 
-def test_sending_is_committed_before_the_provider_is_called(engine: sa.Engine, tmp_path: Path) -> None:
+def test_sending_is_committed_before_the_provider_is_called(
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
+) -> None:
     clock, _, run_id = _setup(engine, tmp_path, n=1)
     seen: list[tuple[str, str | None]] = []
 
@@ -357,7 +371,7 @@ def test_sending_is_committed_before_the_provider_is_called(engine: sa.Engine, t
 
     from tests.dispatch_helpers import messages_t
 
-    provider = ScriptedProvider(clock, on_send=look)
+    provider = scripted(clock, on_send=look)
     dispatcher = _dispatcher(engine, provider, clock)
     dispatcher.run_until_idle()
     assert seen == [("sending", dispatcher.worker_id)]
@@ -366,7 +380,7 @@ def test_sending_is_committed_before_the_provider_is_called(engine: sa.Engine, t
 
 
 def test_an_answer_arriving_after_the_lease_was_taken_over_is_still_recorded(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
 ) -> None:
     from broadcaster.reconcile import recover_stale_leases
 
@@ -379,7 +393,7 @@ def test_an_answer_arriving_after_the_lease_was_taken_over_is_still_recorded(
             engine, now=clock.now(), worker_id="other:1:x", retry_after=timedelta(seconds=30)
         )
 
-    provider = ScriptedProvider(clock, on_send=stall)
+    provider = scripted(clock, on_send=stall)
     _dispatcher(engine, provider, clock).run_until_idle()
     msg = messages(engine, run_id)[0]
     assert msg["status"] == "sent" and msg["provider_id"] == provider.sent[0].provider_id
@@ -387,7 +401,9 @@ def test_an_answer_arriving_after_the_lease_was_taken_over_is_still_recorded(
     assert len(provider.calls) == 1
 
 
-def test_dispatcher_keeps_to_the_rate_limit_in_segments(sqlite_url: str, tmp_path: Path) -> None:
+def test_dispatcher_keeps_to_the_rate_limit_in_segments(
+    sqlite_url: str, tmp_path: Path, scripted: type[ScriptedProvider]
+) -> None:
     from broadcaster.db import open_database
     from broadcaster.ratelimit import RateLimiter
     from tests.dispatch_helpers import FakeTime, worst_second
@@ -400,9 +416,35 @@ def test_dispatcher_keeps_to_the_rate_limit_in_segments(sqlite_url: str, tmp_pat
     make_run(engine, store, clock, ["public"], template="long")
     fake = FakeTime()
     sent_at: list[tuple[float, int]] = []
-    provider = ScriptedProvider(clock, on_send=lambda m: sent_at.append((fake.now, 2)))
-    limiter = RateLimiter(10, monotonic=fake.monotonic, sleep=fake.sleep)
+    provider = scripted(clock, on_send=lambda m: sent_at.append((fake.now, 2)))
+    limiter = RateLimiter(10, monotonic=fake.monotonic, sleep=fake.sleep, async_sleep=fake.async_sleep)
     stats = _dispatcher(engine, provider, clock, limiter=limiter, rate_unit="segments").run_until_idle()
     assert stats.sent == 60
     assert worst_second(sent_at) <= 10  # 10 segments/s = 5 two-segment messages in any second
     assert sent_at[-1][0] - sent_at[0][0] >= (60 * 2 - 10) / 10
+
+
+def test_stopping_finishes_requests_in_flight_and_hands_back_the_rest(
+    engine: sa.Engine, tmp_path: Path, scripted: type[ScriptedProvider]
+) -> None:
+    import threading
+    import time
+
+    clock, _, run_id = _setup(engine, tmp_path, n=30)
+    stop = threading.Event()
+
+    def stop_after_five(message) -> None:  # type: ignore[no-untyped-def]
+        if len(provider.calls) == 5:
+            stop.set()
+        time.sleep(0.03)  # a request takes a while: the loop notices the signal meanwhile
+
+    provider = scripted(clock, on_send=stop_after_five)
+    stats = _dispatcher(engine, provider, clock, concurrency=2).run_until_idle(run_id, stop)
+    rows = messages(engine, run_id)
+    sent = [m for m in rows if m["status"] == "sent"]
+    assert {m["status"] for m in rows} == {"sent", "queued"}  # nothing left in flight or uncertain
+    assert len(sent) == len(provider.calls) == stats.sent and 5 <= stats.sent <= 8
+    assert stats.claimed == 30 and stats.released == 30 - stats.sent  # claimed ahead, never started
+    assert all(m["attempts"] == 0 for m in rows if m["status"] == "queued")
+    if hasattr(provider, "closed"):
+        assert provider.closed == 1  # the event loop's HTTP session was closed before the loop ended

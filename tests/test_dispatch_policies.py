@@ -81,6 +81,10 @@ def test_default_concurrency_reaches_the_rate_at_200ms_per_request() -> None:
     assert default_concurrency(1) == 1
     assert default_concurrency(10_000) == 64
     assert default_concurrency(0) == 8
+    # The event loop: twice the need, so a provider slower than 200 ms still gets the full rate.
+    assert default_concurrency(200, event_loop=True) == 80
+    assert default_concurrency(100_000, event_loop=True) == 256
+    assert default_concurrency(0, event_loop=True) == 32
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:

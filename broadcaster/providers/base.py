@@ -89,6 +89,17 @@ class Provider(Protocol):
     def lookup(self, to: str, since: datetime) -> list[Found]: ...
 
 
+@runtime_checkable
+class AsyncSending(Protocol):
+    """A provider that can also send from an event loop, so one thread keeps many requests in flight
+    (the dispatcher uses it instead of a thread pool). Same contract as :meth:`Provider.send`;
+    ``aclose`` releases what the provider opened on the running loop, before that loop ends."""
+
+    async def send_async(self, message: Outbound) -> Accepted: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass
 class ProviderInfo:
     name: str
