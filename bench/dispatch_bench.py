@@ -123,7 +123,10 @@ def main() -> None:
         engine = open_database(args.database_url or f"sqlite:///{folder / 'bench.db'}")
         template_store(folder / "templates", text=BODY)
         where = engine.url.render_as_string()
-        print(f"fake Twilio in process {fake.pid}; database {where}; send mode {args.send_mode}")
+        print(
+            f"fake Twilio in process {fake.pid}; database {where}; send mode {args.send_mode};"
+            f" machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
 
         # (a) no latency, no rate limit, one worker process (this one)
         case_a = Case(engine, folder, "bench-a", "130", n, first_id=1)
@@ -133,15 +136,18 @@ def main() -> None:
         rate_a = n / seconds
         assert len(case_a.received(fake)) == n
         print(
-            f"(a) no latency, one worker process:  {n} msgs in {seconds:6.2f} s = {rate_a:7.0f} msg/s"
-            f"   cpu/msg: worker {cpu / n * 1000:.2f} ms, fake {fake_cpu / n * 1000:.2f} ms"
+            f"(a) no latency, one worker process: {n} msgs in {seconds:.2f} s = {rate_a:.0f} msg/s"
             f"   [target >= 1000: {'met' if rate_a >= 1000 else 'NOT met'}]"
+        )
+        print(
+            f"    cpu per message: worker {cpu / n * 1000:.2f} ms (one core's worth: {n / cpu:.0f} msg/s),"
+            f" fake {fake_cpu / n * 1000:.2f} ms"
         )
         # (c, no latency) the plain loop on the same server
         base_a = plain_loop(fake, "131", n)
         print(
-            f"(c) plain loop of messages.create, no latency:   {base_a:7.0f} msg/s"
-            f"   ratio (a)/(c) {rate_a / base_a:.1f}"
+            f"(c) plain loop of messages.create, no latency: {base_a:.0f} msg/s"
+            f"   ratio (a)/(c) {rate_a / base_a:.2f}"
         )
 
         # (b) 200 ms latency, rate limit
@@ -149,34 +155,33 @@ def main() -> None:
         case_b = Case(engine, folder, "bench-b", "132", n, first_id=n + 1)
         seconds, stats, cpu, fake_cpu = dispatch(engine, fake, case_b, rate_limit=args.rate, **common)
         arrived = [m["received_ts"] for m in case_b.received(fake)]
-        accepted = [m["created_ts"] for m in case_b.received(fake)]
+        answered = [m["created_ts"] for m in case_b.received(fake)]
         assert len(arrived) == n, (len(arrived), n)
-        span = max(arrived) - min(arrived)
-        steady = (n - 1) / span
-        busiest, where = busiest_second(arrived)
-        busiest_acc, _ = busiest_second(accepted)
-        rate_b = n / seconds
-        met = min(rate_b, steady) >= 0.97 * args.rate and busiest <= args.rate * 1.01
+        achieved = (n - 1) / (max(arrived) - min(arrived))  # at the provider: first to last arrival
+        end_to_end = n / seconds  # with start-up and the last answer's latency
+        busiest, at = busiest_second(arrived)
+        busiest_answered, _ = busiest_second(answered)
+        met = achieved >= 0.97 * args.rate and busiest <= args.rate * 1.01
         print(
-            f"(b) {args.latency_ms:g} ms latency, limit {args.rate:g} msg/s: {n} msgs in {seconds:6.2f} s"
-            f" = {rate_b:6.1f} msg/s ({rate_b / args.rate:.1%} of the limit; first to last arrival"
-            f" {steady:6.1f} msg/s = {steady / args.rate:.1%})"
+            f"(b) {args.latency_ms:g} ms latency, limit {args.rate:g} msg/s, {n} msgs:"
+            f" achieved {achieved:.1f} msg/s at the provider ({achieved / args.rate:.1%} of the limit);"
+            f" end to end {seconds:.2f} s = {end_to_end:.1f} msg/s ({end_to_end / args.rate:.1%})"
         )
         print(
-            f"    largest count in any one second: {busiest} arrived (at +{where:.2f} s),"
-            f" {busiest_acc} answered; limit {args.rate:g} (+1% = {args.rate * 1.01:g})"
+            f"    largest count in any one second: {busiest} by arrival (window at +{at:.2f} s),"
+            f" {busiest_answered} by answer; the limit + 1% is {args.rate * 1.01:g}"
             f"   [targets >= 97%, <= +1%: {'met' if met else 'NOT met'}]"
         )
-        print(f"    cpu/msg: worker {cpu / n * 1000:.2f} ms, fake {fake_cpu / n * 1000:.2f} ms")
+        print(f"    cpu per message: worker {cpu / n * 1000:.2f} ms, fake {fake_cpu / n * 1000:.2f} ms")
         # (c) the plain loop with the same latency
         base_b = plain_loop(fake, "133", base_n)
-        note = "" if base_n == n else f" (timed on the first {base_n} of {n})"
+        note = "" if base_n == n else f" (timed on the first {base_n} of the {n})"
         print(
-            f"(c) plain loop of messages.create, {args.latency_ms:g} ms latency: {base_b:7.1f} msg/s{note}"
-            f"   ratio (b)/(c) {rate_b / base_b:.1f}"
+            f"(c) plain loop of messages.create, {args.latency_ms:g} ms latency: {base_b:.2f} msg/s{note}"
+            f"   ratio (b)/(c) {end_to_end / base_b:.1f} end to end"
         )
         engine.dispose()
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
