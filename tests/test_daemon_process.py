@@ -225,6 +225,8 @@ def test_sighup_reloads_and_sigterm_stops_cleanly(daemons: Daemons) -> None:
     )
     proc.send_signal(signal.SIGHUP)
     wait_for("two runs of the new job", lambda: len(runs(engine, "c:every-second")) >= 2)
+    first_run = runs(engine, "c:every-second")[0]["id"]
+    wait_for("the first run sent", lambda: {m["status"] for m in messages(engine, first_run)} == {"sent"})
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     ledger = runs(engine, "c:every-second")
