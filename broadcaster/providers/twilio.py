@@ -135,20 +135,17 @@ class EndpointAsyncHttpClient(AsyncHttpClient):
     """The SDK's async client interface over one aiohttp session: same endpoint override, proxy,
     timeouts (connect, then between bytes of the answer), no retries of a POST, quiet logging.
 
-    Create it inside the event loop that will use it (aiohttp binds the session to that loop)."""
+    Create it inside the event loop that will use it (aiohttp binds the session to that loop). Its
+    pool has no cap of its own: the caller bounds the requests in flight (the dispatcher's
+    ``BROADCASTER_CONCURRENCY``), and each keeps its connection for the next."""
 
     def __init__(
-        self,
-        endpoint: Endpoint,
-        *,
-        pool_size: int = 64,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 20.0,
+        self, endpoint: Endpoint, *, connect_timeout: float = 5.0, read_timeout: float = 20.0
     ) -> None:
         super().__init__(_http_log, True, None)
         self.endpoint = endpoint
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, ssl=endpoint.ssl_context or True),
+            connector=aiohttp.TCPConnector(limit=0, ssl=endpoint.ssl_context or True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
             trust_env=False,  # proxies come from the endpoint, read once
         )
@@ -327,7 +324,6 @@ class TwilioProvider:
         )
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self._messages = self.client.api.v2010.account.messages  # built once, not lazily per thread
-        self._pool_size = pool_size
         self._timeouts = (connect_timeout, read_timeout)
         # The async SDK client of each event loop sending through this provider (see send_async).
         self._async: dict[asyncio.AbstractEventLoop, tuple[EndpointAsyncHttpClient, Any]] = {}
@@ -415,9 +411,7 @@ class TwilioProvider:
             state = self._async.get(loop)
             if state is None:
                 connect, read = self._timeouts
-                http = EndpointAsyncHttpClient(
-                    self.http.endpoint, pool_size=self._pool_size, connect_timeout=connect, read_timeout=read
-                )
+                http = EndpointAsyncHttpClient(self.http.endpoint, connect_timeout=connect, read_timeout=read)
                 client = Client(self.account_sid, self._secret.get_secret_value(), http_client=http)
                 state = self._async[loop] = (http, client.api.v2010.account.messages)
         return state[1]
