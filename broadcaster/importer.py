@@ -29,7 +29,7 @@ import csv
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,35 +40,25 @@ from sqlalchemy.engine import Connection, Engine
 
 from broadcaster import db
 from broadcaster.clock import Clock
-from broadcaster.csv_source import Layout, Row, SourceError, inspect, read_rows
+from broadcaster.csv_source import Layout, SourceError, inspect
+from broadcaster.import_rows import CHUNK, ROW_REASONS, Prepared, RowRules, prepared_chunks
 from broadcaster.lists import ListError, ensure_list, find_list, list_summary, validate_list_name
 from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient, UTCDateTime
 from broadcaster.optouts import add_optouts
-from broadcaster.phones import REASONS, Normalised, PhoneNormaliser
-from broadcaster.pipeline import Pipeline
+from broadcaster.phones import REASONS
 from broadcaster.runs import _insert_ignore
 from broadcaster.trail import current_host, record_action
 
-CHUNK = 5000
 COMMIT_ROWS = 50_000
 COMMIT_SECONDS = 5.0
 SQLITE_CACHE_KIB = 64 * 1024  # page cache of the import's connection (SQLite's default is 2 MiB)
 FIRST_REJECTS = 10
-MAX_NAME = 200
 
 batches_t = ImportBatch.__table__
 rejects_t = ImportReject.__table__
 recipients_t = Recipient.__table__
 members_t = ListMember.__table__
 optouts_t = OptOut.__table__
-
-# Row-level reasons besides the phone ones of phones.REASONS.
-EXTRA_FIELDS = "extra_fields"
-NAME_TOO_LONG = "name_too_long"
-ROW_REASONS = {
-    EXTRA_FIELDS: "more cells than the header has columns (a comma inside an unquoted value?)",
-    NAME_TOO_LONG: f"name longer than {MAX_NAME} characters",
-}
 
 Progress = Callable[[int, int], None]  # (rows done, rows in the file)
 
@@ -216,16 +206,6 @@ class _Staging:
         return ~self.stage.c.dup
 
 
-@dataclass
-class _Prepared:
-    """A chunk made ready for writing: first row of each accepted number, staging rows, rejects."""
-
-    rows: int
-    first: dict[str, tuple[Row, Normalised]]
-    staged: list[dict[str, Any]]
-    rejects: list[dict[str, Any]]
-
-
 def _sqlite_cache(conn: Connection, kib: int | None) -> None:
     """Give the import's own SQLite connection a bigger page cache (None: back to the default).
 
@@ -236,17 +216,6 @@ def _sqlite_cache(conn: Connection, kib: int | None) -> None:
         conn.exec_driver_sql(f"PRAGMA temp.cache_size = {-(kib // 4) if kib else -2000}")
 
 
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _open(path: Path, encoding: str, phone_column: str | None) -> Layout:
     try:
         return inspect(path, encoding=encoding, phone_column=phone_column)
@@ -254,11 +223,13 @@ def _open(path: Path, encoding: str, phone_column: str | None) -> Layout:
         raise ImportFailed(str(exc)) from None
 
 
-def _normaliser(region: str, **kwargs: Any) -> PhoneNormaliser:
+def _rules(region: str, **kwargs: Any) -> RowRules:
+    rules = RowRules(region.upper(), **kwargs)
     try:
-        return PhoneNormaliser(region, **kwargs)
+        rules.normaliser()
     except ValueError as exc:
         raise ImportFailed(str(exc)) from None
+    return rules
 
 
 class _Import:
@@ -270,7 +241,7 @@ class _Import:
         self,
         engine: Engine,
         layout: Layout,
-        normaliser: PhoneNormaliser,
+        rules: RowRules,
         report: ImportReport,
         *,
         clock: Clock,
@@ -278,26 +249,24 @@ class _Import:
         rejects: RejectsFile,
         progress: Progress | None,
         chunk_size: int,
+        helper: bool | None,
         commit_rows: int = COMMIT_ROWS,
     ) -> None:
         self.engine = engine
         self.commit_rows = commit_rows
         self.layout = layout
-        self.normalise = normaliser
+        self.rules = rules
         self.report = report
         self.clock = clock
         self.actor = actor
         self.rejects = rejects
         self.progress = progress
         self.chunk_size = chunk_size
+        self.helper = helper
         self.staging = _Staging()
         self.batch_id: int | None = None
         self.started_at: datetime | None = None
         self.reasons: Counter[str] = Counter()
-        # Repeats found while preparing (same chunk) and while writing (earlier chunks): two
-        # counters, because the two halves run in different threads.
-        self.repeats_in_chunk = 0
-        self.repeats_across_chunks = 0
 
     def run(self) -> ImportReport:
         if self.report.dry_run:
@@ -337,25 +306,20 @@ class _Import:
         # for SQLite's lock a few seconds at most.
         open_tx: list[Any] = []
         pending, began = 0, 0.0
-
-        def write(prepared: _Prepared) -> None:  # in the pipeline's thread
-            nonlocal pending, began
-            if writes and not open_tx:
-                open_tx.append(conn.begin())
-                began = time.monotonic()
-            self._write(conn, prepared)
-            pending += prepared.rows
-            if open_tx and (pending >= self.commit_rows or time.monotonic() - began >= COMMIT_SECONDS):
-                open_tx.pop().commit()
-                pending = 0
-
-        done = 0
-        with Pipeline(write, name="import-writer") as pipeline:
-            for chunk in _chunks(read_rows(self.layout), self.chunk_size):
-                pipeline.put(self._prepare(chunk))
-                done += len(chunk)
+        chunks = prepared_chunks(self.layout, self.rules, chunk_size=self.chunk_size, helper=self.helper)
+        with contextlib.closing(chunks):  # stops the helper process if the import fails
+            for prepared in chunks:
+                if writes and not open_tx:
+                    open_tx.append(conn.begin())
+                    began = time.monotonic()
+                self._count(prepared)
+                self._write(conn, prepared)
+                pending += prepared.rows
+                if open_tx and (pending >= self.commit_rows or time.monotonic() - began >= COMMIT_SECONDS):
+                    open_tx.pop().commit()
+                    pending = 0
                 if self.progress:
-                    self.progress(done, self.layout.data_rows)
+                    self.progress(self.report.rows, self.layout.data_rows)
         if open_tx:
             open_tx.pop().commit()
         self._totals()
@@ -364,40 +328,11 @@ class _Import:
             if writes:
                 self._finish_batch(conn)
 
-    def _prepare(self, chunk: list[Row]) -> _Prepared:
-        """The Python half of a chunk (no database): normalise, sort out rejects and repeats."""
-        report = self.report
-        report.rows += len(chunk)
-        rejects: list[dict[str, Any]] = []
-        first: dict[str, tuple[Row, Normalised]] = {}
-        for row in chunk:
-            result = self.normalise(row.phone)
-            reason, detail = self.check(row, result)
-            if reason is not None:
-                rejects.append(
-                    {
-                        "batch_id": self.batch_id,
-                        "row_number": row.number,
-                        "raw_value": row.phone,
-                        "reason": reason,
-                        "detail": detail,
-                    }
-                )
-                continue
-            if result.phone in first:
-                self.repeats_in_chunk += 1
-                continue
-            first[result.phone] = (row, result)  # type: ignore[index]
-        staged = [
-            {
-                "phone": p,
-                "row_number": row.number,
-                "name": row.name,
-                "attributes": row.attributes,
-                "region": result.region,
-            }
-            for p, (row, result) in first.items()
-        ]
+    def _count(self, prepared: Prepared) -> None:
+        """The report's figures for a chunk, and its rejects in the operator's rejects file."""
+        report, rejects = self.report, prepared.rejects
+        report.rows += prepared.rows
+        report.duplicates_in_file += prepared.repeats
         if rejects:
             report.rejected += len(rejects)
             self.reasons.update(r["reason"] for r in rejects)
@@ -412,26 +347,17 @@ class _Import:
                 }
                 for r in rejects[:room]
             )
-        return _Prepared(len(chunk), first, staged, rejects)
 
-    def _write(self, conn: Connection, prepared: _Prepared) -> None:
-        """The database half of a chunk (in the pipeline's thread, in one transaction)."""
+    def _write(self, conn: Connection, prepared: Prepared) -> None:
+        """The database half of a chunk (within the current transaction)."""
         if prepared.staged:
             repeated = self.staging.load(conn, prepared.staged)
-            self.repeats_across_chunks += repeated
+            self.report.duplicates_in_file += repeated
             fresh = len(prepared.staged) - repeated
             if fresh:
-                self.accept(conn, prepared.first, fresh)
+                self.accept(conn, prepared.staged, fresh)
         if prepared.rejects and not self.report.dry_run:
-            conn.execute(sa.insert(rejects_t), prepared.rejects)
-
-    def check(self, row: Row, result: Normalised) -> tuple[str | None, str | None]:
-        """(reason, sentence) when the row is refused, else (None, None)."""
-        if row.extra:
-            return EXTRA_FIELDS, ROW_REASONS[EXTRA_FIELDS]
-        if not result.ok:
-            return result.reason, result.message
-        return None, None
+            conn.execute(sa.insert(rejects_t).values(batch_id=self.batch_id), prepared.rejects)
 
     def _insert_batch(self, conn: Connection) -> int:
         return conn.execute(
@@ -451,7 +377,6 @@ class _Import:
 
     def _totals(self) -> None:
         r = self.report
-        r.duplicates_in_file = self.repeats_in_chunk + self.repeats_across_chunks
         r.duplicates = r.duplicates_in_file + r.already_stored
         r.rejected_by_reason = dict(sorted(self.reasons.items()))
 
@@ -511,8 +436,8 @@ class _Import:
     def start(self, conn: Connection) -> None:
         raise NotImplementedError
 
-    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
-        """Store the chunk's ``fresh`` staged numbers (``first``: phone → its first row in the chunk)."""
+    def accept(self, conn: Connection, staged: list[dict[str, Any]], fresh: int) -> None:
+        """Store the chunk's ``fresh`` staged numbers (``staged``: the chunk's staging rows)."""
         raise NotImplementedError
 
     def finish(self, conn: Connection) -> None:
@@ -546,13 +471,7 @@ class _RecipientsImport(_Import):
         if self.list_id is not None:
             self.report.previous_batch = self._previous_batch(conn, self.list_id)
 
-    def check(self, row: Row, result: Normalised) -> tuple[str | None, str | None]:
-        reason, detail = super().check(row, result)
-        if reason is None and row.name is not None and len(row.name) > MAX_NAME:
-            return NAME_TOO_LONG, ROW_REASONS[NAME_TOO_LONG]
-        return reason, detail
-
-    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
+    def accept(self, conn: Connection, staged: list[dict[str, Any]], fresh: int) -> None:
         report, dry_run = self.report, self.report.dry_run
         stage, fresh_rows = self.staging.stage, self.staging.fresh
         now = sa.literal(self.clock.now(), UTCDateTime())
@@ -578,10 +497,11 @@ class _RecipientsImport(_Import):
                 known = stored.keys() | inserted
                 stored.update(self._stored(conn, stage.c.phone.not_in(known)))
         updates = []
+        first = {entry["phone"]: entry for entry in staged} if stored else {}
         for phone, current in stored.items():
-            row = first[phone][0]
-            name = row.name or current.name
-            attributes = {**(current.attributes or {}), **row.attributes}
+            entry = first[phone]
+            name = entry["name"] or current.name
+            attributes = {**(current.attributes or {}), **entry["attributes"]}
             if name != current.name or attributes != (current.attributes or {}):
                 updates.append({"b_id": current.id, "b_name": name, "b_attributes": attributes})
             else:
@@ -650,7 +570,7 @@ class _OptoutsImport(_Import):
     def start(self, conn: Connection) -> None:
         self.report.previous_batch = self._previous_batch(conn, None)
 
-    def accept(self, conn: Connection, first: dict[str, tuple[Row, Normalised]], fresh: int) -> None:
+    def accept(self, conn: Connection, staged: list[dict[str, Any]], fresh: int) -> None:
         stage = self.staging.stage
         if self.report.dry_run:
             known = sa.exists().where(optouts_t.c.phone == stage.c.phone)
@@ -696,17 +616,19 @@ def import_recipients(
     progress: Progress | None = None,
     chunk_size: int = CHUNK,
     commit_rows: int = COMMIT_ROWS,
+    helper: bool | None = None,
 ) -> ImportReport:
     """Import recipients from ``path`` into the list ``list_name`` (created if missing).
 
     ``progress(done, total)`` is called after each chunk (from this thread); an exception it
     raises stops the import: what was committed stays, the batch is left without ``finished_at``.
+    ``helper``: prepare rows in a helper process (None: for big files; see :mod:`import_rows`).
     """
     try:
         validate_list_name(list_name)
     except ListError as exc:
         raise ImportFailed(str(exc)) from None
-    normaliser = _normaliser(region, allow_landline=allow_landline)
+    rules = _rules(region, allow_landline=allow_landline)
     layout = _open(path, encoding, phone_column)
     report = _report("recipients", layout, dry_run, rejects_path)
     report.list = list_name
@@ -714,7 +636,7 @@ def import_recipients(
         job = _RecipientsImport(
             engine,
             layout,
-            normaliser,
+            rules,
             report,
             clock=clock,
             actor=actor,
@@ -722,6 +644,7 @@ def import_recipients(
             progress=progress,
             chunk_size=chunk_size,
             commit_rows=commit_rows,
+            helper=helper,
             list_name=list_name,
         )
         return job.run()
@@ -741,22 +664,24 @@ def import_optouts(
     rejects_path: Path | None = None,
     progress: Progress | None = None,
     chunk_size: int = CHUNK,
+    helper: bool | None = None,
 ) -> ImportReport:
     """Opt out every valid number of ``path`` (any number type; source ``import``)."""
-    normaliser = _normaliser(region, mobile_only=False)
+    rules = _rules(region, mobile_only=False, check_name=False)
     layout = _open(path, encoding, phone_column)
     report = _report("optouts", layout, dry_run, rejects_path)
     with RejectsFile(rejects_path, path) as rejects:
         job = _OptoutsImport(
             engine,
             layout,
-            normaliser,
+            rules,
             report,
             clock=clock,
             actor=actor,
             rejects=rejects,
             progress=progress,
             chunk_size=chunk_size,
+            helper=helper,
             reason=reason,
         )
         return job.run()

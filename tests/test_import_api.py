@@ -128,7 +128,7 @@ def test_an_interrupted_import_keeps_what_it_committed_and_a_second_run_complete
     def interrupt_once_something_is_committed(done: int, total: int) -> None:
         deadline = time.monotonic() + 10
         while stored_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the writer thread commits the first chunk on its own
+            time.sleep(0.01)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

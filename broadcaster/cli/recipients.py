@@ -22,6 +22,8 @@ from broadcaster.cli.common import (
     is_terminal,
     print_json,
 )
+from broadcaster.csv_source import SourceError
+from broadcaster.import_rows import HelperFailed
 from broadcaster.importer import (
     ImportFailed,
     ImportReport,
@@ -34,6 +36,10 @@ from broadcaster.importer import (
 from broadcaster.lists import ListError, list_members, list_summaries, list_summary, remove_member
 from broadcaster.optouts import add_optout, list_optouts, remove_optout
 from broadcaster.phones import normalise_one
+
+# A file that cannot be read (found before anything is written), or that stops being readable, or a
+# helper process that died: one line each. What an import committed before it stopped stays.
+IMPORT_ERRORS = (ImportFailed, SourceError, HelperFailed)
 
 recipients_app = typer.Typer(help="Import recipients from CSV files; import history.", no_args_is_help=True)
 lists_app = typer.Typer(help="Recipient lists: names and sizes (no subcommand), members.")
@@ -129,7 +135,7 @@ def import_cmd(
                 rejects_path=rejects,
                 progress=progress,
             )
-        except ImportFailed as exc:
+        except IMPORT_ERRORS as exc:
             raise CliError(str(exc)) from None
     if as_json:
         print_json(report.as_dict())
@@ -225,7 +231,7 @@ def rejects_cmd(
     with db.reading(app.engine) as conn:
         try:
             rows = batch_rejects(conn, batch)
-        except ImportFailed as exc:
+        except IMPORT_ERRORS as exc:
             raise CliError(str(exc)) from None
     if as_json:
         print_json(
@@ -424,7 +430,7 @@ def optout_import(
                 rejects_path=rejects,
                 progress=progress,
             )
-        except ImportFailed as exc:
+        except IMPORT_ERRORS as exc:
             raise CliError(str(exc)) from None
     if as_json:
         print_json(report.as_dict())
