@@ -8,8 +8,8 @@ own process, because starting a helper costs more than it saves there.
 
 The helper is ``python -m broadcaster.import_rows``: it reads the layout and rules as a pickle on
 stdin and writes length-prefixed pickles of :class:`Prepared` chunks on stdout. The pipe's buffer
-bounds how far it runs ahead (about one chunk), so memory stays flat. It ignores Ctrl-C (the importer
-stops it), and it ends on a broken pipe if the importer dies.
+bounds how far it runs ahead (about one chunk), so memory stays flat. Ctrl-C does not reach it (its
+own process group; the importer stops it), and it ends on a broken pipe if the importer dies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import signal
 import struct
 import subprocess
 import sys
@@ -154,6 +153,7 @@ def _from_helper(layout: Layout, rules: RowRules, chunk_size: int) -> Iterator[P
             stdout=subprocess.PIPE,
             stderr=errors,
             env=env,
+            process_group=0,  # out of the terminal's foreground group: Ctrl-C reaches the importer only
         )
         try:
             assert proc.stdin is not None and proc.stdout is not None
@@ -201,7 +201,6 @@ def _write_frame(stream: BinaryIO, item: tuple[str, Any]) -> None:
 
 
 def _helper_main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the importer decides when to stop
     out = sys.stdout.buffer
     layout, rules, chunk_size = pickle.load(sys.stdin.buffer)  # noqa: S301  (from the importer)
     try:

@@ -3,12 +3,12 @@
 How one import goes (``docs/recipients.md`` has the operator's view):
 - :func:`csv_source.inspect` reads the whole file first, so a file that cannot be processed is
   refused before anything is written.
-- Rows are then streamed in chunks of a few thousand. Per chunk: each distinct raw value is
-  normalised once; the accepted numbers are written to a temporary staging table with one Core
-  executemany; set-based statements joining it with the real tables find repeats and stored
-  numbers, insert new recipients and memberships; changed recipients are updated with one
-  executemany, rejects inserted with another; then the chunk is committed (one short write
-  transaction per chunk, so a sending dispatcher is never blocked for long).
+- Rows are then streamed in chunks of a few thousand, prepared by :mod:`import_rows` (normalised,
+  rejects sorted out; in a helper process for big files). Per chunk, here: the accepted numbers
+  are written to a temporary staging table with one Core executemany; set-based statements joining
+  it with the real tables find repeats and stored numbers, insert new recipients and memberships;
+  changed recipients are updated with one executemany, rejects inserted with another. Commits come
+  every COMMIT_ROWS rows or COMMIT_SECONDS, so a sending dispatcher is never blocked for long.
 - Numbers already seen earlier in the same file are remembered in another temporary table on the
   import's own connection, not in memory, so memory stays flat whatever the file size.
 - Counts: ``rows = imported + updated + duplicates + rejected``, with
@@ -620,7 +620,7 @@ def import_recipients(
 ) -> ImportReport:
     """Import recipients from ``path`` into the list ``list_name`` (created if missing).
 
-    ``progress(done, total)`` is called after each chunk (from this thread); an exception it
+    ``progress(done, total)`` is called after each chunk, between statements; an exception it
     raises stops the import: what was committed stays, the batch is left without ``finished_at``.
     ``helper``: prepare rows in a helper process (None: for big files; see :mod:`import_rows`).
     """

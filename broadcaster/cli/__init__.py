@@ -9,7 +9,7 @@ import traceback
 import typer
 
 from broadcaster.cli import audit, db_cmd, demo, recipients, schedule, sending, templates, webhooks
-from broadcaster.cli.common import EXIT_ERROR, AppContext, CliError, err_console
+from broadcaster.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, AppContext, CliError, err_console
 
 app = typer.Typer(
     name="broadcaster",
@@ -56,7 +56,7 @@ def run(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # click's usage errors and the unexpected: one line, no traceback
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click (vendored by Typer)
             exc.show()

@@ -5,6 +5,7 @@ JSON keys are documented in docs/recipients.md; they are stable (scripts depend 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,12 +16,14 @@ import typer
 
 from broadcaster import db
 from broadcaster.cli.common import (
+    EXIT_INTERRUPTED,
     AppContext,
     CliError,
     app_context,
     err_console,
     is_terminal,
     print_json,
+    stop_on_signals,
 )
 from broadcaster.csv_source import SourceError
 from broadcaster.import_rows import HelperFailed
@@ -76,27 +79,47 @@ def _local(app: AppContext, value: datetime | None) -> str:
 
 
 @contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[Progress | None]:
-    """A Rich progress bar on stderr, only when a person is watching a terminal."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _import_progress(bar: bool, label: str, *, dry_run: bool) -> Iterator[Progress]:
+    """The import's progress callback: a Rich bar on stderr when a person watches a terminal, and
+    Ctrl-C (or SIGTERM) taking effect between chunks, where nothing is half written (a second
+    Ctrl-C stops at once)."""
+    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
+        show: Progress | None = None
+        if bar:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
-    with Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
+            progress_bar = stack.enter_context(
+                Bar(
+                    TextColumn(label),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+            )
+            task = progress_bar.add_task(label, total=None)
+
+            def show(done: int, total: int) -> None:
+                progress_bar.update(task, completed=done, total=total)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if show is not None:
+                show(done, total)
 
-        yield update
+        try:
+            yield update
+        except KeyboardInterrupt:
+            kept = (
+                "nothing was written (dry run)"
+                if dry_run
+                else "the rows imported so far are kept and the batch is marked unfinished; "
+                "import the same file again to complete it"
+            )
+            raise CliError(f"interrupted: {kept}", exit_code=EXIT_INTERRUPTED) from None
 
 
 # --- recipients ---------------------------------------------------------------------------------
@@ -119,7 +142,9 @@ def import_cmd(
 ) -> None:
     """Import recipients from a CSV file into a list; rejected rows never stop the import."""
     app = app_context(ctx)
-    with _progress(is_terminal() and not as_json, f"importing {file.name}") as progress:
+    with _import_progress(
+        is_terminal() and not as_json, f"importing {file.name}", dry_run=dry_run
+    ) as progress:
         try:
             report = import_recipients(
                 app.engine,
@@ -415,7 +440,9 @@ def optout_import(
 ) -> None:
     """Opt out every number of a CSV file (source "import"); bad rows are rejected, not fatal."""
     app = app_context(ctx)
-    with _progress(is_terminal() and not as_json, f"importing {file.name}") as progress:
+    with _import_progress(
+        is_terminal() and not as_json, f"importing {file.name}", dry_run=dry_run
+    ) as progress:
         try:
             report = import_optouts(
                 app.engine,

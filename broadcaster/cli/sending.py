@@ -10,11 +10,7 @@ from __future__ import annotations
 import csv
 import gc
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -24,6 +20,7 @@ import typer
 from broadcaster import db
 from broadcaster.audit.queries import CREATED, FilterError, MessageFilter, parse_when
 from broadcaster.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     AppContext,
     CliError,
@@ -32,6 +29,7 @@ from broadcaster.cli.common import (
     parse_vars,
     print_json,
     shorten,
+    stop_on_signals,
     to_json,
 )
 from broadcaster.dispatch import Dispatcher, dispatcher_from_settings
@@ -42,7 +40,6 @@ from broadcaster.run_control import MARK_SENT, RESEND, cancel_run, pause_run, re
 from broadcaster.runs import OutboxSummary, create_run, materialise, outbox_summary, preview
 from broadcaster.sendlog import LOG_COLUMNS, iter_messages, list_runs, run_detail
 
-EXIT_INTERRUPTED = 130
 PRIORITY_VALUES = {"normal": 0, "urgent": 10}
 
 
@@ -58,29 +55,6 @@ class LogFormat(StrEnum):
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs (previous handlers restored after)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handler(signum: int, _frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: give up waiting (leases will be reconciled)
-        stop.set()
-
-    for sig in previous:
-        signal.signal(sig, _handler)
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _dispatcher(app: AppContext) -> Dispatcher:
