@@ -153,6 +153,9 @@ class Run(SQLModel, table=True):
     scheduled_for: datetime | None = _ts()
     template: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
     template_sha256: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    # The template's text when the run was created: messages are rendered from it even if the file
+    # changes before they are written (a resumed run), and audit staff can read it (NULL before 0007).
+    template_source: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     variables: dict[str, Any] = _json()
     list_names: list[str] = Field(default_factory=list, sa_column=sa.Column(sa.JSON(), nullable=False))
     sender: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))

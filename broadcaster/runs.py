@@ -114,6 +114,7 @@ def create_run(
             "scheduled_for": scheduled_for,
             "template": template,
             "template_sha256": loaded.sha256,
+            "template_source": loaded.source,
             "variables": variables,
             "list_names": list_names,
             "sender": sender,
@@ -174,7 +175,7 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
         if run is None:
             raise RunError(f"run {run_id} not found")
         ids = list_ids(conn, list(run["list_names"]))
-    template = store.load(run["template"])
+    template = run_template(run, store)
     zone = ZoneInfo(run["timezone"])
     send_time = (run["scheduled_for"] or run["created_at"]).astimezone(zone)
     last_id = 0
@@ -222,6 +223,24 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
             .values(status=RUN_READY, intended=intended)
         )
     return intended
+
+
+def run_template(run: Mapping[str, Any], store: TemplateStore) -> Template:
+    """The template as it was when the run was created, whatever the file says now.
+
+    Runs created before the snapshot was kept (``template_source`` NULL) use the file, and only
+    while its hash still matches the recorded one: never a text other than the recorded one.
+    """
+    if run["template_source"] is not None:
+        return store.compile(run["template"], run["template_source"], run["template_sha256"])
+    current = store.load(run["template"])
+    if run["template_sha256"] is not None and current.sha256 != run["template_sha256"]:
+        raise RunError(
+            f"run {run['id']}: template {run['template']!r} has changed since the run was created "
+            f"(sha256 {run['template_sha256'][:12]}…, now {current.sha256[:12]}…): restore that version "
+            "of the file, or cancel the run and start a new one"
+        )
+    return current
 
 
 def _recipient_page(conn: Connection, list_ids_: list[int], after_id: int) -> list[Any]:

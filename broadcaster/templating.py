@@ -224,19 +224,22 @@ class TemplateStore:
             raise TemplateError(
                 f"template {name!r} ({path}) is not UTF-8: {exc}", template=name, path=path
             ) from exc
-        sha256 = hashlib.sha256(raw).hexdigest()
+        return self.compile(name, source, hashlib.sha256(raw).hexdigest(), path)
+
+    def compile(self, name: str, source: str, sha256: str, path: Path | None = None) -> Template:
+        """A template from its text (a run's snapshot, or a file's content), cached by hash."""
         with self._lock:
             cached = self._cache.get(name)
         if cached is not None and cached.sha256 == sha256:
             return cached
-        filename = str(path)
+        filename = str(path) if path is not None else f"<{name} as recorded>"
         try:
             ast = self.env.parse(source, name, filename)
-            self._refuse_composition(ast, name, path)
+            self._refuse_composition(ast, name, filename, path)
             code = self.env.compile(ast, name, filename)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
-                f"template {name!r} ({path}) line {exc.lineno}: {exc.message}",
+                f"template {name!r} ({filename}) line {exc.lineno}: {exc.message}",
                 template=name,
                 path=path,
                 line=exc.lineno,
@@ -256,11 +259,11 @@ class TemplateStore:
         return template
 
     @staticmethod
-    def _refuse_composition(ast: nodes.Template, name: str, path: Path) -> None:
+    def _refuse_composition(ast: nodes.Template, name: str, filename: str, path: Path | None) -> None:
         for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
             keyword = {"Extends": "extends", "Include": "include"}.get(type(node).__name__, "import")
             raise TemplateError(
-                f"template {name!r} ({path}) line {node.lineno}: {{% {keyword} %}} is not allowed: "
+                f"template {name!r} ({filename}) line {node.lineno}: {{% {keyword} %}} is not allowed: "
                 "a message template must be self-contained (its SHA-256 is recorded with each run)",
                 template=name,
                 path=path,
@@ -273,7 +276,8 @@ class TemplateStore:
         try:
             return template.compiled.render(context).strip()
         except Exception as exc:
-            line = _error_line(exc, str(template.path)) if template.path else None
+            filename = template.compiled.filename
+            line = _error_line(exc, filename) if filename else None
             if isinstance(exc, jinja2.UndefinedError | jinja2.exceptions.SecurityError):
                 reason = exc.message or str(exc)
             elif isinstance(exc, SloganError | ValueError):

@@ -196,6 +196,12 @@ def test_report_is_one_self_contained_html_file(workdir: Path, cli, tmp_path: Pa
     for external in ("<script", "<link", "src=", "@import", "url(", "https://"):
         assert external not in html, external
     assert _actions(engine, "audit.reported")[0]["run_id"] == 1
+    # The report shows the template the run used (its snapshot), not what the file says today.
+    for template in (tmp_path / "templates").glob("*.j2"):
+        template.write_text("edited after the run {{ name }}", encoding="utf-8")
+    assert cli("audit", "report", "1", "-o", tmp_path / "r" / "again.html").code == 0
+    again = unescape((tmp_path / "r" / "again.html").read_text(encoding="utf-8"))
+    assert "【质量月】{{ name }}" in again and "edited after the run" not in again
     assert cli("audit", "report", "42").code == 1
     engine.dispose()
 

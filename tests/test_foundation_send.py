@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from broadcaster import db
@@ -14,7 +16,7 @@ from broadcaster.dispatch import Dispatcher
 from broadcaster.models import ListMember, Message, Recipient, RecipientList
 from broadcaster.optouts import add_optout
 from broadcaster.providers.log import LogProvider
-from broadcaster.runs import counts_by_status, create_run, materialise
+from broadcaster.runs import RunError, counts_by_status, create_run, materialise
 from broadcaster.templating import TemplateStore
 
 
@@ -76,3 +78,59 @@ def test_run_sends_each_recipient_once_and_suppresses_opt_outs(engine: sa.Engine
     lines = [json.loads(x) for x in (tmp_path / "sent.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted(x["to"] for x in lines) == [f"+861380013800{i}" for i in (1, 2, 3, 5)]
     assert Dispatcher(engine, provider, clock).run_until_idle().claimed == 0
+
+
+def test_messages_are_rendered_from_the_template_as_it_was_when_the_run_was_created(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    clock = ManualClock(datetime(2011, 8, 31, 1, 0, tzinfo=UTC))
+    _seed(engine, clock.now())
+    (tmp_path / "t").mkdir()
+    path = tmp_path / "t" / "hello.j2"
+    path.write_text("【质量月】{{ name }}：第一版。\n", encoding="utf-8")
+    store = TemplateStore(tmp_path / "t")
+    ref = create_run(
+        engine,
+        template="hello",
+        list_names=["a"],
+        variables={},
+        clock=clock,
+        actor="t",
+        timezone="Asia/Shanghai",
+        store=store,
+    )
+    # The operator edits the file before the run is materialised (say the process died in between).
+    path.write_text("【质量月】{{ name }}：第二版。\n", encoding="utf-8")
+    assert materialise(engine, ref.id, store=TemplateStore(tmp_path / "t"), clock=clock) == 3
+    with db.reading(engine) as conn:
+        bodies = set(conn.execute(sa.select(Message.__table__.c.body)).scalars())
+        run = conn.exec_driver_sql("SELECT template_sha256, template_source FROM runs").one()
+    assert bodies == {f"【质量月】n{i}：第一版。" for i in (1, 2, 3)}
+    assert run.template_source == "【质量月】{{ name }}：第一版。\n"
+    assert run.template_sha256 == hashlib.sha256(run.template_source.encode()).hexdigest()
+
+
+def test_a_run_without_a_snapshot_refuses_a_changed_template(engine: sa.Engine, tmp_path: Path) -> None:
+    """Runs created before snapshots were kept: never rendered from a text other than the recorded one."""
+    clock = ManualClock(datetime(2011, 8, 31, 1, 0, tzinfo=UTC))
+    _seed(engine, clock.now())
+    (tmp_path / "t").mkdir()
+    path = tmp_path / "t" / "hello.j2"
+    path.write_text("{{ name }}：第一版\n", encoding="utf-8")
+    store = TemplateStore(tmp_path / "t")
+    kwargs = dict(
+        list_names=["a"], variables={}, clock=clock, actor="t", timezone="Asia/Shanghai", store=store
+    )
+    old = create_run(engine, template="hello", **kwargs)
+    same = create_run(engine, template="hello", **kwargs)
+    with db.writing(engine) as conn:
+        conn.exec_driver_sql("UPDATE runs SET template_source = NULL")
+    assert materialise(engine, same.id, store=store, clock=clock) == 3  # unchanged file: fine
+    path.write_text("{{ name }}：第二版\n", encoding="utf-8")
+    with pytest.raises(
+        RunError, match=rf"run {old.id}: template 'hello' has changed since the run was created"
+    ):
+        materialise(engine, old.id, store=TemplateStore(tmp_path / "t"), clock=clock)
+    with db.reading(engine) as conn:
+        written = conn.execute(sa.select(Message.__table__.c.run_id)).scalars().all()
+    assert set(written) == {same.id}

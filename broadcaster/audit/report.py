@@ -161,14 +161,15 @@ def run_report(
 
 
 def _template_info(run: dict[str, Any], store: TemplateStore | None) -> dict[str, Any]:
-    """The template as it was: its file's current text only if its hash still matches the run's."""
+    """The template as it was: the run's own snapshot; for runs older than snapshots, the file's
+    current text only if its hash still matches the run's."""
     info: dict[str, Any] = {
         "name": run["template"],
         "sha256": run["template_sha256"],
-        "source": None,
+        "source": run.get("template_source"),
         "note": None,
     }
-    if store is None:
+    if info["source"] is not None or store is None:
         return info
     try:
         current = store.load(run["template"])
