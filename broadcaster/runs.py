@@ -23,6 +23,7 @@ from broadcaster.models import (
     CANCELLED,
     FAILED,
     QUEUED,
+    RUN_CANCELLED,
     RUN_PENDING,
     RUN_READY,
     SUPPRESSED,
@@ -169,6 +170,7 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
 
     Opted-out numbers get a ``suppressed`` message (so the log shows why they got nothing); a body
     that cannot be rendered for one recipient fails that message with the reason, not the run.
+    A run cancelled meanwhile gets no further pages; its ``intended`` is what was written before.
     """
     with db.reading(engine) as conn:
         run = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).mappings().one_or_none()
@@ -182,7 +184,11 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
     rendered: dict[str, Any] = {}  # bodies repeat a lot: measure each distinct body once
     while True:
         with db.writing(engine) as conn:
-            page = _recipient_page(conn, ids, last_id)
+            # Locked (PostgreSQL) so that a cancel commits either before this page or after it.
+            status = conn.execute(
+                sa.select(runs_t.c.status).where(runs_t.c.id == run_id).with_for_update()
+            ).scalar_one()
+            page = _recipient_page(conn, ids, last_id) if status != RUN_CANCELLED else []
             if not page:
                 break
             last_id = page[-1].id
@@ -219,8 +225,11 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
         ).scalar_one()
         conn.execute(
             sa.update(runs_t)
-            .where(runs_t.c.id == run_id, runs_t.c.status == RUN_PENDING)
-            .values(status=RUN_READY, intended=intended)
+            .where(runs_t.c.id == run_id, runs_t.c.status.in_([RUN_PENDING, RUN_CANCELLED]))
+            .values(
+                status=sa.case((runs_t.c.status == RUN_PENDING, RUN_READY), else_=runs_t.c.status),
+                intended=intended,
+            )
         )
     return intended
 

@@ -10,9 +10,10 @@ import pytest
 import sqlalchemy as sa
 from audit_helpers import cancel_run, materialised_run, seed_run
 
-from broadcaster import db
+from broadcaster import db, run_control
 from broadcaster.audit.completeness import check_run
 from broadcaster.models import Message
+from broadcaster.runs import create_run, materialise
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 messages_t = Message.__table__
@@ -91,3 +92,26 @@ def test_changes_behind_the_application_are_named(workdir: Path, cli, tmp_path: 
     assert "intended 6 but 5 messages" in [i["problem"] for i in data["issues"]]
     assert cli("audit", "check", "999").code == 1
     engine.dispose()
+
+
+def test_a_run_cancelled_before_materialisation_gets_no_messages_and_adds_up(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    seeded = seed_run(engine, tmp_path)
+    ref = create_run(
+        engine,
+        template="notice",
+        list_names=["public"],
+        variables={},
+        clock=seeded.clock,
+        actor="operator",
+        timezone="Asia/Shanghai",
+        store=seeded.store,
+    )
+    run_control.cancel_run(engine, ref.id, clock=seeded.clock, actor="operator")
+    # A materialiser that was already on its way (a daemon pass, a resumed send) writes nothing.
+    assert materialise(engine, ref.id, store=seeded.store, clock=seeded.clock) == 0
+    with db.reading(engine) as conn:
+        result = check_run(conn, ref.id)
+    assert result.ok, result.issues
+    assert (result.run_status, result.intended, result.messages) == ("cancelled", 0, 0)
