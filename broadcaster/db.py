@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -62,6 +63,16 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT of the connection's dialect, so that ``.on_conflict_do_nothing()`` is available
+    (both SQLite and PostgreSQL have it): how idempotent writes are made everywhere."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def is_sqlite(engine: Engine) -> bool:

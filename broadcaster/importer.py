@@ -46,7 +46,6 @@ from broadcaster.lists import ListError, ensure_list, find_list, list_summary, v
 from broadcaster.models import ImportBatch, ImportReject, ListMember, OptOut, Recipient, UTCDateTime
 from broadcaster.optouts import add_optouts
 from broadcaster.phones import REASONS
-from broadcaster.runs import _insert_ignore
 from broadcaster.trail import current_host, record_action
 
 COMMIT_ROWS = 50_000
@@ -486,7 +485,7 @@ class _RecipientsImport(_Import):
             )
             inserted = set(
                 conn.execute(
-                    _insert_ignore(conn, recipients_t)
+                    db.insert_ignore(conn, recipients_t)
                     .from_select(["phone", "name", "attributes", "region", "created_at", "updated_at"], new)
                     .on_conflict_do_nothing(index_elements=["phone"])
                     .returning(recipients_t.c.phone)
@@ -543,7 +542,7 @@ class _RecipientsImport(_Import):
             .order_by(stage.c.row_number)
         )
         stmt = (
-            _insert_ignore(conn, m)
+            db.insert_ignore(conn, m)
             .from_select(["list_id", "recipient_id", "batch_id", "added_at"], rows)
             .on_conflict_do_nothing(index_elements=["list_id", "recipient_id"])
             .execution_options(preserve_rowcount=True)  # else -1 with psycopg for INSERT … SELECT

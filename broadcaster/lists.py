@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from broadcaster import db
 from broadcaster.models import ListMember, OptOut, Recipient, RecipientList
-from broadcaster.runs import _insert_ignore
 from broadcaster.trail import record_action
 
 lists_t = RecipientList.__table__
@@ -43,7 +43,7 @@ def ensure_list(conn: Connection, name: str, *, at: datetime, actor: str) -> tup
     """The list's id, creating it if needed; ``created`` is True when this call created it."""
     validate_list_name(name)
     stmt = (
-        _insert_ignore(conn, lists_t)
+        db.insert_ignore(conn, lists_t)
         .values(name=name, created_at=at)
         .on_conflict_do_nothing(index_elements=["name"])
         .returning(lists_t.c.id)

@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from broadcaster import db
 from broadcaster.models import OptOut
-from broadcaster.runs import _insert_ignore
 from broadcaster.trail import record_action
 
 optouts_t = OptOut.__table__
@@ -56,7 +56,7 @@ def add_optouts(
     if not rows:
         return []
     stmt = (
-        _insert_ignore(conn, optouts_t)
+        db.insert_ignore(conn, optouts_t)
         .on_conflict_do_nothing(index_elements=["phone"])
         .returning(optouts_t.c.phone)
     )

@@ -58,14 +58,6 @@ class RunRef:
     created: bool  # False when the occurrence already had a run
 
 
-def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
 def list_ids(conn: Connection, names: list[str]) -> list[int]:
     rows = conn.execute(sa.select(lists_t.c.id, lists_t.c.name).where(lists_t.c.name.in_(names))).all()
     found = {name: id_ for id_, name in rows}
@@ -129,7 +121,7 @@ def create_run(
         }
         if job_id is not None:
             stmt = (
-                _insert_ignore(conn, runs_t)
+                db.insert_ignore(conn, runs_t)
                 .values(**values)
                 .on_conflict_do_nothing(index_elements=["job_id", "scheduled_for"])
                 .returning(runs_t.c.id)
@@ -194,7 +186,7 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
             last_id = page[-1].id
             now = clock.now()
             rows = _message_rows(page, run, template, store, send_time, now, rendered)
-            stmt = _insert_ignore(conn, messages_t).on_conflict_do_nothing(
+            stmt = db.insert_ignore(conn, messages_t).on_conflict_do_nothing(
                 index_elements=["run_id", "recipient_id"]
             )
             conn.execute(stmt, rows)

@@ -25,7 +25,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from broadcaster import db
 from broadcaster.models import DaemonHeartbeat
-from broadcaster.runs import _insert_ignore
 
 hb_t = DaemonHeartbeat.__table__
 
@@ -156,7 +155,7 @@ def beat(
         "info": info or {},
     }
     with db.writing(engine) as conn:
-        stmt = _insert_ignore(conn, hb_t).values(**values)
+        stmt = db.insert_ignore(conn, hb_t).values(**values)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["daemon_id"],

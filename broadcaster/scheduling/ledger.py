@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from broadcaster import db
 from broadcaster.clock import Clock
 from broadcaster.models import RUN_MISSED, RUN_PENDING, Message, Run, ScheduleState
-from broadcaster.runs import _insert_ignore, create_run, materialise
+from broadcaster.runs import create_run, materialise
 from broadcaster.scheduling.catalog import Job
 from broadcaster.scheduling.occurrences import occurrence_index
 from broadcaster.scheduling.planner import Occurrence
@@ -63,7 +63,7 @@ def load_watermarks(conn: Connection) -> dict[str, datetime]:
 
 def advance_watermark(conn: Connection, job_key: str, to: datetime, *, now: datetime, by: str) -> None:
     """Move the job's watermark forward to ``to`` (never back: a slower second daemon is harmless)."""
-    insert = _insert_ignore(conn, state_t).values(
+    insert = db.insert_ignore(conn, state_t).values(
         job_key=job_key, watermark=to, updated_at=now, updated_by=by
     )
     conn.execute(
@@ -183,7 +183,7 @@ def record_missed(
             run_id = existing["id"]
         else:
             inserted = conn.execute(
-                _insert_ignore(conn, runs_t)
+                db.insert_ignore(conn, runs_t)
                 .values(
                     kind=SCHEDULED,
                     campaign_id=job.campaign_id,
