@@ -34,6 +34,7 @@ from broadcaster.models import FAILED, QUEUED, SENDING, SENT, UNKNOWN, Message, 
 from broadcaster.optouts import add_optout
 from broadcaster.providers.base import Accepted, AsyncSending, Outbound, Provider, ProviderError
 from broadcaster.quiet_hours import QuietHours, defer_due_messages, effective, quiet_now, run_windows
+from broadcaster.rate_share import RateShare
 from broadcaster.ratelimit import RateLimiter, default_concurrency
 from broadcaster.reconcile import reconcile_unknown, recover_stale_leases
 from broadcaster.retry import Backoff, Decision, decide
@@ -107,6 +108,7 @@ class Dispatcher:
         housekeeping_interval: float = 1.0,
         rng: random.Random | None = None,
         send_mode: str = "auto",
+        share_rate: bool = False,
     ) -> None:
         if send_mode not in SEND_MODES:
             raise ValueError(f"send mode {send_mode!r}: expected one of {', '.join(SEND_MODES)}")
@@ -120,6 +122,8 @@ class Dispatcher:
         self.lease = lease
         self.max_attempts = max_attempts
         self.limiter = limiter
+        # The limiter's rate is shared with every other dispatcher sending through this database.
+        self.share = RateShare(engine, limiter, clock, self.worker_id) if limiter and share_rate else None
         self.rate_unit = rate_unit
         self.concurrency = max(1, concurrency)
         self.backoff = backoff or Backoff()
@@ -188,6 +192,8 @@ class Dispatcher:
         For all runs, whichever run this dispatcher sends: any worker may settle anyone's leftovers."""
         stats = DispatchStats()
         now = self.clock.now()
+        if self.share is not None and self.share.joined:
+            self.share.refresh()
         stats.recovered = recover_stale_leases(
             self.engine, now=now, worker_id=self.worker_id, retry_after=self.reconcile_delay
         )
@@ -248,6 +254,8 @@ class Dispatcher:
                 refill = drained or (in_flight <= prefetch // 2 and time.monotonic() >= claim_after)
                 if not stopping and room > 0 and refill:
                     claimed = self._claim(run_id, room, stats)
+                    if claimed and self.share is not None and not self.share.joined:
+                        (stop or halt).wait(self.share.join())  # others sending: let them slow down first
                     sender.submit(claimed)
                     in_flight += len(claimed)
                     if len(claimed) < room:
@@ -284,10 +292,14 @@ class Dispatcher:
                     if not (extra.recovered or extra.reconciled or extra.cancelled):
                         break
                 elif stop is not None:
+                    if self.share is not None:
+                        self.share.leave()  # idle: the others may take this dispatcher's part
                     stop.wait(poll)
         finally:
             halt.set()
             sender.shutdown()
+            if self.share is not None:
+                self.share.leave()
             while True:
                 try:
                     buffer.append(results.get_nowait())
@@ -535,6 +547,7 @@ def dispatcher_from_settings(
         "quiet_hours": settings.quiet_hours,
         "reconcile_delay": timedelta(seconds=settings.reconcile_delay_seconds),
         "send_mode": settings.send_mode,
+        "share_rate": settings.rate_sharing,
     }
     options.update(overrides)
     return Dispatcher(engine, provider, clock, **options)  # type: ignore[arg-type]

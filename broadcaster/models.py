@@ -321,6 +321,16 @@ class ScheduleState(SQLModel, table=True):
     updated_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
 
 
+class SendingWorker(SQLModel, table=True):
+    """One row per dispatcher sending now (worker, daemon, in-process send): the rate is theirs to share."""
+
+    __tablename__ = "sending_workers"
+    worker_id: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    joined_at: datetime | None = _ts(nullable=False)
+    seen_at: datetime | None = _ts(nullable=False, index=True)
+    share: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, default=0.0))
+
+
 class DaemonHeartbeat(SQLModel, table=True):
     """One row per daemon process: who it is, whether it is active or standby, when it last beat."""
 

@@ -50,6 +50,7 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive (no limiter at all means no limit)")
         self.rate = rate
+        self._default_burst = burst is None
         self.burst = burst if burst is not None else max(1.0, rate * BURST_SECONDS)
         self.monotonic = monotonic
         self.sleep = sleep
@@ -62,6 +63,15 @@ class RateLimiter:
         self._async_gates: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
             WeakKeyDictionary()
         )
+
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on (a shared limit divided anew); the one-second window keeps what was
+        let through, so a lower rate also holds for the window already under way."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        with self._lock:
+            self.rate = rate
+            self.burst = max(1.0, rate * BURST_SECONDS) if self._default_burst else self.burst
 
     def try_take(self, key: str, cost: float) -> float:
         """Take ``cost`` units for ``key`` now and return 0, or return how long to wait (taking nothing)."""

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     rate_unit: str = "segments"  # messages | segments
     # The limiter paces this fraction below rate_limit, so jitter cannot push a second at the provider over.
     rate_margin: float = Field(default=0.01, ge=0, lt=0.5)
+    # Share rate_limit among all dispatchers sending through the database (workers, daemon, send).
+    rate_sharing: bool = True
     concurrency: int | None = Field(default=None, ge=1, le=256)  # default: from the rate limit
     lease_seconds: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=250, ge=1, le=5000)
