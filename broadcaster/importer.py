@@ -627,26 +627,23 @@ def import_recipients(
         validate_list_name(list_name)
     except ListError as exc:
         raise ImportFailed(str(exc)) from None
-    rules = _rules(region, allow_landline=allow_landline)
-    layout = _open(path, encoding, phone_column)
-    report = _report("recipients", layout, dry_run, rejects_path)
-    report.list = list_name
-    with RejectsFile(rejects_path, path) as rejects:
-        job = _RecipientsImport(
-            engine,
-            layout,
-            rules,
-            report,
-            clock=clock,
-            actor=actor,
-            rejects=rejects,
-            progress=progress,
-            chunk_size=chunk_size,
-            commit_rows=commit_rows,
-            helper=helper,
-            list_name=list_name,
-        )
-        return job.run()
+    return _import(
+        _RecipientsImport,
+        engine,
+        path,
+        _rules(region, allow_landline=allow_landline),
+        encoding=encoding,
+        phone_column=phone_column,
+        dry_run=dry_run,
+        rejects_path=rejects_path,
+        clock=clock,
+        actor=actor,
+        progress=progress,
+        chunk_size=chunk_size,
+        commit_rows=commit_rows,
+        helper=helper,
+        list_name=list_name,
+    )
 
 
 def import_optouts(
@@ -666,37 +663,52 @@ def import_optouts(
     helper: bool | None = None,
 ) -> ImportReport:
     """Opt out every valid number of ``path`` (any number type; source ``import``)."""
-    rules = _rules(region, mobile_only=False, check_name=False)
+    return _import(
+        _OptoutsImport,
+        engine,
+        path,
+        _rules(region, mobile_only=False, check_name=False),
+        encoding=encoding,
+        phone_column=phone_column,
+        dry_run=dry_run,
+        rejects_path=rejects_path,
+        clock=clock,
+        actor=actor,
+        progress=progress,
+        chunk_size=chunk_size,
+        helper=helper,
+        reason=reason,
+    )
+
+
+def _import(
+    job_class: type[_Import],
+    engine: Engine,
+    path: Path,
+    rules: RowRules,
+    *,
+    encoding: str,
+    phone_column: str | None,
+    dry_run: bool,
+    rejects_path: Path | None,
+    **options: Any,
+) -> ImportReport:
+    """What both kinds of import do: inspect the file (refusing it before anything is written), then
+    run the job with the operator's rejects file open."""
     layout = _open(path, encoding, phone_column)
-    report = _report("optouts", layout, dry_run, rejects_path)
-    with RejectsFile(rejects_path, path) as rejects:
-        job = _OptoutsImport(
-            engine,
-            layout,
-            rules,
-            report,
-            clock=clock,
-            actor=actor,
-            rejects=rejects,
-            progress=progress,
-            chunk_size=chunk_size,
-            helper=helper,
-            reason=reason,
-        )
-        return job.run()
-
-
-def _report(kind: str, layout: Layout, dry_run: bool, rejects_path: Path | None) -> ImportReport:
-    return ImportReport(
-        kind=kind,
+    report = ImportReport(
+        kind=job_class.kind,
         file=str(layout.path),
         sha256=layout.sha256,
         encoding=layout.encoding,
         dry_run=dry_run,
+        list=options.get("list_name"),
         rejects_file=str(rejects_path) if rejects_path else None,
         phone_column=layout.phone_header,
         attributes=[key for _, key in layout.attributes],
     )
+    with RejectsFile(rejects_path, path) as rejects:
+        return job_class(engine, layout, rules, report, rejects=rejects, **options).run()
 
 
 def reason_text(code: str) -> str:

@@ -141,24 +141,36 @@ def import_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Import recipients from a CSV file into a list; rejected rows never stop the import."""
+    _run_import(
+        ctx,
+        import_recipients,
+        file,
+        as_json=as_json,
+        list_name=list_name,
+        region=region,
+        encoding=encoding,
+        phone_column=phone_column,
+        allow_landline=allow_landline,
+        dry_run=dry_run,
+        rejects_path=rejects,
+    )
+
+
+def _run_import(ctx: typer.Context, do_import: Any, file: Path, *, as_json: bool, **options: Any) -> None:
+    """Both import commands: the file resolved, progress and Ctrl-C between chunks, one-line errors."""
     app = app_context(ctx)
+    options["region"] = options["region"] or app.settings.default_region
     with _import_progress(
-        is_terminal() and not as_json, f"importing {file.name}", dry_run=dry_run
+        is_terminal() and not as_json, f"importing {file.name}", dry_run=options["dry_run"]
     ) as progress:
         try:
-            report = import_recipients(
+            report = do_import(
                 app.engine,
                 _resolve(app, file),
-                list_name=list_name,
                 clock=app.clock,
                 actor=app.actor,
-                region=region or app.settings.default_region,
-                encoding=encoding,
-                phone_column=phone_column,
-                allow_landline=allow_landline,
-                dry_run=dry_run,
-                rejects_path=rejects,
                 progress=progress,
+                **options,
             )
         except IMPORT_ERRORS as exc:
             raise CliError(str(exc)) from None
@@ -439,30 +451,18 @@ def optout_import(
     as_json: bool = JSON,
 ) -> None:
     """Opt out every number of a CSV file (source "import"); bad rows are rejected, not fatal."""
-    app = app_context(ctx)
-    with _import_progress(
-        is_terminal() and not as_json, f"importing {file.name}", dry_run=dry_run
-    ) as progress:
-        try:
-            report = import_optouts(
-                app.engine,
-                _resolve(app, file),
-                clock=app.clock,
-                actor=app.actor,
-                region=region or app.settings.default_region,
-                encoding=encoding,
-                phone_column=phone_column,
-                reason=reason,
-                dry_run=dry_run,
-                rejects_path=rejects,
-                progress=progress,
-            )
-        except IMPORT_ERRORS as exc:
-            raise CliError(str(exc)) from None
-    if as_json:
-        print_json(report.as_dict())
-    else:
-        _print_report(app, report)
+    _run_import(
+        ctx,
+        import_optouts,
+        file,
+        as_json=as_json,
+        reason=reason,
+        region=region,
+        encoding=encoding,
+        phone_column=phone_column,
+        dry_run=dry_run,
+        rejects_path=rejects,
+    )
 
 
 def register(app: typer.Typer) -> None:
