@@ -19,7 +19,8 @@ Times come from the injected clock: hosts sharing a PostgreSQL database need syn
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -66,8 +67,8 @@ class RateShare:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_JOIN_LOCK)))
             now = self.clock.now()
-            self._upsert(conn, now, joined=True)
-            live = self._live(conn, now)
+            live = self._others(conn, now) + 1
+            self._upsert(conn, now, live, joined=True)
         self.joined = True
         self._apply(live)
         return self.join_wait if live > 1 else 0.0
@@ -76,8 +77,8 @@ class RateShare:
         """Keep this dispatcher's row fresh and take its current share; returns how many share."""
         with db.writing(self.engine) as conn:
             now = self.clock.now()
-            self._upsert(conn, now, joined=False)
-            live = self._live(conn, now)
+            live = self._others(conn, now) + 1
+            self._upsert(conn, now, live, joined=False)
             # Rows of dispatchers that died long ago: nobody else would ever delete them.
             conn.execute(sa.delete(workers_t).where(workers_t.c.seen_at < now - 10 * self.ttl))
         self._apply(live)
@@ -91,19 +92,41 @@ class RateShare:
         with contextlib.suppress(sa.exc.SQLAlchemyError), db.writing(self.engine) as conn:  # TTL covers it
             conn.execute(sa.delete(workers_t).where(workers_t.c.worker_id == self.worker_id))
 
-    def _upsert(self, conn: Connection, now: object, *, joined: bool) -> None:
-        share = self.rate / max(1, self.sharing)
+    def _upsert(self, conn: Connection, now: datetime, live: int, *, joined: bool) -> None:
+        share = self.rate / live
         stmt = db.insert_ignore(conn, workers_t).values(
             worker_id=self.worker_id, joined_at=now, seen_at=now, share=share
         )
         changes = {"seen_at": now, "share": share, **({"joined_at": now} if joined else {})}
         conn.execute(stmt.on_conflict_do_update(index_elements=["worker_id"], set_=changes))
 
-    def _live(self, conn: Connection, now: object) -> int:
+    def _others(self, conn: Connection, now: datetime) -> int:
+        """Other dispatchers sending now (refreshed within the TTL)."""
         return conn.execute(
-            sa.select(sa.func.count()).select_from(workers_t).where(workers_t.c.seen_at >= now - self.ttl)  # type: ignore[operator]
+            sa.select(sa.func.count())
+            .select_from(workers_t)
+            .where(workers_t.c.seen_at >= now - self.ttl, workers_t.c.worker_id != self.worker_id)
         ).scalar_one()
 
     def _apply(self, live: int) -> None:
         self.sharing = max(1, live)
         self.limiter.set_rate(self.rate / self.sharing)
+
+
+def sending_now(conn: Connection, now: datetime, *, ttl: timedelta = TTL) -> list[dict[str, Any]]:
+    """The dispatchers recorded as sending, oldest first, each with ``live`` (refreshed within the
+    TTL; the others died and are being forgotten) and its share of the rate limit."""
+    rows = conn.execute(
+        sa.select(workers_t).order_by(workers_t.c.joined_at, workers_t.c.worker_id)
+    ).mappings()
+    return [
+        {
+            "worker_id": r["worker_id"],
+            "joined_at": r["joined_at"],
+            "seen_at": r["seen_at"],
+            "age_seconds": round((now - r["seen_at"]).total_seconds(), 3),
+            "live": r["seen_at"] >= now - ttl,
+            "share": round(r["share"], 3),
+        }
+        for r in rows
+    ]

@@ -105,3 +105,26 @@ def test_two_worker_processes_on_postgresql_stay_within_one_limit(
     assert busiest <= limit * 1.01 + 1, busiest  # one limit for both, not one each (that would be ~80)
     rate = n / (arrivals[-1] - arrivals[0])
     assert rate >= limit * 0.75, rate  # and both together still use it (a join waits ~3 s once)
+
+
+def test_status_shows_who_is_sending_and_their_share(workdir: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from broadcaster.clock import SystemClock
+    from broadcaster.db import open_database
+
+    engine = open_database(os.environ["BROADCASTER_DATABASE_URL"])
+    a, b = (RateShare(engine, RateLimiter(RATE), SystemClock(), f"host:{n}") for n in "ab")
+    a.join()
+    b.join()
+    result = cli("status", "--json")
+    assert result.code == 0, result.err
+    sending = result.json()["sending"]
+    assert [(w["worker_id"], w["live"], w["share"]) for w in sending] == [
+        ("host:a", True, RATE),  # as of its join (alone); its next refresh records RATE / 2
+        ("host:b", True, RATE / 2),
+    ]
+    b.leave()
+    text = cli("status")
+    assert "sending: host:a since" in text.out and "host:b" not in text.out
+    engine.dispose()

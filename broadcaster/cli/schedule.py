@@ -331,6 +331,9 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) ->
         typer.echo(
             f"  {_fmt_local(r['scheduled_local']):<24} {r['job']} run {r['id']} {r['status']}: {counts}"
         )
+    for w in info["sending"]:
+        state = f"share {w['share']:g}/s" if w["live"] else "GONE (forgotten after 5 s)"
+        typer.echo(f"sending: {w['worker_id']} since {_fmt_local(w['joined_at'])}, {state}")
     if info["missed"]:
         typer.echo("missed:")
         for m in info["missed"]:

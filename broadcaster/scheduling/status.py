@@ -4,7 +4,9 @@ JSON keys (stable): ``now``; ``daemon`` {alive, id, host, pid, role, started_at,
 age_seconds, info}; ``standby`` [same keys]; ``next_fires`` [{job, campaign, at, at_local,
 timezone, template, lists, slogan}]; ``last_runs`` [{id, job, scheduled_for, scheduled_local,
 status, intended, counts, created_at, finished_at}]; ``missed`` [{id, job, scheduled_for,
-scheduled_local, note, created_at}]; ``schedule_errors`` [{file, job, field, message}].
+scheduled_local, note, created_at}]; ``schedule_errors`` [{file, job, field, message}];
+``sending`` [{worker_id, joined_at, seen_at, age_seconds, live, share}] (dispatchers sending now,
+among which the rate limit is shared).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from broadcaster import db
 from broadcaster.models import RUN_MISSED, Run
+from broadcaster.rate_share import sending_now
 from broadcaster.runs import counts_by_status
 from broadcaster.scheduling import leader
 from broadcaster.scheduling.catalog import Catalog
@@ -97,6 +100,7 @@ def gather(
             }
             for r in runs
         ]
+        sending = sending_now(conn, now)
         missed_rows = (
             conn.execute(
                 sa.select(runs_t)
@@ -139,4 +143,5 @@ def gather(
             for r in missed_rows
         ],
         "schedule_errors": [i.as_dict() for i in catalog.issues],
+        "sending": sending,
     }
