@@ -1,3 +1,3 @@
-from broadcaster.cli import main
+from broadcaster.entry import main
 
 main()

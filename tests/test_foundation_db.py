@@ -69,3 +69,26 @@ def test_a_bad_setting_is_one_line_naming_the_variable(workdir, cli, monkeypatch
     assert result.code == 1
     assert result.err.startswith("error: invalid settings: BROADCASTER_TIMEZONE")
     assert result.err.count("\n") == 1
+
+
+def test_ctrl_c_while_the_command_is_still_loading_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import subprocess_env
+
+    # Loading the command line (Typer, Rich, SQLAlchemy, ...) takes several tenths of a second: a
+    # Ctrl-C 0.15 s after start lands in those imports, not in the command.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadcaster", "runs", "--json"],
+        env=subprocess_env(BROADCASTER_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err.decode(), err.decode()
+    assert proc.returncode == 130 and err.decode() == "interrupted\n"

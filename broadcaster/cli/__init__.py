@@ -71,4 +71,6 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    """The ``broadcaster`` command, reached through :mod:`broadcaster.entry` (the console script and
+    ``python -m broadcaster``), which also makes a Ctrl-C during loading one line."""
     sys.exit(run())
