@@ -109,7 +109,17 @@ def test_once_catches_up_and_status_shows_missed_runs_and_next_fires(
     status = cli("status", "--json")
     assert status.code == 0, status.err
     info = status.json()
-    assert set(info) == {"now", "daemon", "standby", "next_fires", "last_runs", "missed", "schedule_errors"}
+    assert set(info) == {
+        "now",
+        "daemon",
+        "standby",
+        "next_fires",
+        "last_runs",
+        "missed",
+        "schedule_errors",
+        "sending",
+    }
+    assert info["sending"] == []  # the pass has sent what it had and left
     assert set(info["daemon"]) == {
         "alive",
         "id",
