@@ -15,6 +15,7 @@ own process group; the importer stops it), and it ends on a broken pipe if the i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import struct
@@ -66,7 +67,7 @@ class RowRules:
 class Prepared:
     """One chunk: the first row of each accepted number (as staging rows, in file order) and rejects.
 
-    ``staged``: dicts with phone, row_number, name, attributes, region. ``rejects``: dicts with
+    ``staged``: dicts with phone, row_number, name, attributes (JSON text), region. ``rejects``: dicts with
     row_number, raw_value, reason, detail. ``repeats``: rows whose number came earlier in the chunk.
     """
 
@@ -105,7 +106,9 @@ class Preparer:
                             "phone": phone,
                             "row_number": row.number,
                             "name": row.name,
-                            "attributes": row.attributes,
+                            # JSON text, as SQLAlchemy's JSON type would write it: serialised
+                            # here, on the helper's core, not by the importer.
+                            "attributes": json.dumps(row.attributes),
                             "region": result.region,
                         }
                     )

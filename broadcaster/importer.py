@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import csv
+import json
 import os
 import time
 from collections import Counter
@@ -172,7 +173,7 @@ class _Staging:
             sa.Column("phone", sa.String(20), primary_key=True),
             sa.Column("row_number", sa.Integer(), nullable=False),
             sa.Column("name", sa.String(200)),
-            sa.Column("attributes", sa.JSON()),
+            sa.Column("attributes", sa.Text()),  # JSON text, serialised by import_rows
             sa.Column("region", sa.String(4)),
             sa.Column("dup", sa.Boolean(create_constraint=False), nullable=False, server_default=sa.false()),
             prefixes=["TEMPORARY"],
@@ -474,12 +475,17 @@ class _RecipientsImport(_Import):
         report, dry_run = self.report, self.report.dry_run
         stage, fresh_rows = self.staging.stage, self.staging.fresh
         now = sa.literal(self.clock.now(), UTCDateTime())
-        stored = self._stored(conn, sa.true())
         if dry_run:
+            stored = self._stored(conn)
             report.imported += fresh - len(stored)
         else:
+            attributes = (  # JSON text into a JSON column: PostgreSQL wants the cast, SQLite no cast
+                sa.cast(stage.c.attributes, recipients_t.c.attributes.type)
+                if conn.dialect.name == "postgresql"
+                else stage.c.attributes
+            )
             new = (
-                sa.select(stage.c.phone, stage.c.name, stage.c.attributes, stage.c.region, now, now)
+                sa.select(stage.c.phone, stage.c.name, attributes, stage.c.region, now, now)
                 .where(fresh_rows, ~sa.exists().where(recipients_t.c.phone == stage.c.phone))
                 .order_by(stage.c.row_number)  # ids in file order
             )
@@ -492,15 +498,17 @@ class _RecipientsImport(_Import):
                 ).scalars()
             )
             report.imported += len(inserted)
-            if len(inserted) + len(stored) < fresh:  # some were inserted meanwhile by another import
-                known = stored.keys() | inserted
-                stored.update(self._stored(conn, stage.c.phone.not_in(known)))
+            # The rest were stored before (by an earlier import, or by another one meanwhile): look
+            # them up only if there are any, which a first import of new numbers never has.
+            stored = {}
+            if len(inserted) < fresh:
+                stored = {p: row for p, row in self._stored(conn).items() if p not in inserted}
         updates = []
         first = {entry["phone"]: entry for entry in staged} if stored else {}
         for phone, current in stored.items():
             entry = first[phone]
             name = entry["name"] or current.name
-            attributes = {**(current.attributes or {}), **entry["attributes"]}
+            attributes = {**(current.attributes or {}), **json.loads(entry["attributes"])}
             if name != current.name or attributes != (current.attributes or {}):
                 updates.append({"b_id": current.id, "b_name": name, "b_attributes": attributes})
             else:
@@ -510,13 +518,13 @@ class _RecipientsImport(_Import):
             conn.execute(self._update.values(updated_at=now), updates)
         report.added_to_list += self._add_members(conn, now)
 
-    def _stored(self, conn: Connection, where: sa.ColumnElement[bool]) -> dict[str, Any]:
-        """Recipients already stored for the chunk's first-time numbers (matching ``where``)."""
+    def _stored(self, conn: Connection) -> dict[str, Any]:
+        """Recipients stored for the chunk's first-time numbers."""
         stage, r = self.staging.stage, recipients_t
         rows = conn.execute(
             sa.select(r.c.id, r.c.phone, r.c.name, r.c.attributes)
             .join_from(stage, r, r.c.phone == stage.c.phone)
-            .where(self.staging.fresh, where)
+            .where(self.staging.fresh)
         )
         return {row.phone: row for row in rows}
 
