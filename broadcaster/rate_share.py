@@ -59,7 +59,6 @@ class RateShare:
         self.ttl = ttl
         self.join_wait = join_wait
         self.joined = False
-        self.sharing = 1  # dispatchers sending now, this one included (as of the last join or refresh)
 
     def join(self) -> float:
         """Record this dispatcher as sending; returns how long to wait before the first message."""
@@ -109,8 +108,7 @@ class RateShare:
         ).scalar_one()
 
     def _apply(self, live: int) -> None:
-        self.sharing = max(1, live)
-        self.limiter.set_rate(self.rate / self.sharing)
+        self.limiter.set_rate(self.rate / live)
 
 
 def sending_now(conn: Connection, now: datetime, *, ttl: timedelta = TTL) -> list[dict[str, Any]]:
