@@ -245,8 +245,23 @@ def run_template(run: Mapping[str, Any], store: TemplateStore) -> Template:
 
 
 def _recipient_page(conn: Connection, list_ids_: list[int], after_id: int) -> list[Any]:
-    """The next page of distinct recipients of the lists (a recipient in two lists comes once)."""
-    member_ids = sa.select(members_t.c.recipient_id).where(members_t.c.list_id.in_(list_ids_))
+    """The next page of distinct recipients of the lists (a recipient in two lists comes once).
+
+    Driven by each list's (list_id, recipient_id) key from ``after_id`` on, at most a page per list
+    (the next page overall is among those), so a page costs the same at the end of a list of a
+    million members as at its start. (Filtering recipients by "id IN (members of the lists)" made
+    every page read the whole membership: 920,000 messages took 180 s of page queries.)
+    """
+    m = members_t
+    arms = [
+        sa.select(m.c.recipient_id.label("rid"))
+        .where(m.c.list_id == list_id, m.c.recipient_id > after_id)
+        .order_by(m.c.recipient_id)
+        .limit(BATCH)
+        .subquery()
+        for list_id in sorted(set(list_ids_))
+    ]
+    ids = arms[0] if len(arms) == 1 else sa.union(*(sa.select(a.c.rid) for a in arms)).subquery()
     return list(
         conn.execute(
             sa.select(
@@ -256,8 +271,8 @@ def _recipient_page(conn: Connection, list_ids_: list[int], after_id: int) -> li
                 recipients_t.c.attributes,
                 optouts_t.c.id.label("optout_id"),
             )
+            .join_from(ids, recipients_t, recipients_t.c.id == ids.c.rid)
             .outerjoin(optouts_t, optouts_t.c.phone == recipients_t.c.phone)
-            .where(recipients_t.c.id.in_(member_ids), recipients_t.c.id > after_id)
             .order_by(recipients_t.c.id)
             .limit(BATCH)
         ).all()

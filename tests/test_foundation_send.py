@@ -134,3 +134,49 @@ def test_a_run_without_a_snapshot_refuses_a_changed_template(engine: sa.Engine, 
     with db.reading(engine) as conn:
         written = conn.execute(sa.select(Message.__table__.c.run_id)).scalars().all()
     assert set(written) == {same.id}
+
+
+def test_materialise_pages_through_overlapping_lists_each_recipient_once(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Pages of 1,000 recipients driven by each list's members: a recipient in both lists comes
+    once, and nobody is skipped at a page boundary (list a: 1–1500, list b: 1000–2600)."""
+    now = datetime(2011, 8, 31, 1, 0, tzinfo=UTC)
+    with db.writing(engine) as conn:
+        conn.execute(
+            sa.insert(RecipientList.__table__),
+            [{"id": 1, "name": "a", "created_at": now}, {"id": 2, "name": "b", "created_at": now}],
+        )
+        conn.execute(
+            sa.insert(Recipient.__table__),
+            [
+                {
+                    "id": i,
+                    "phone": f"+86139{i:08d}",
+                    "name": f"n{i}",
+                    "attributes": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(1, 2601)
+            ],
+        )
+        conn.execute(
+            sa.insert(ListMember.__table__),
+            [{"list_id": 1, "recipient_id": i, "added_at": now} for i in range(1, 1501)]
+            + [{"list_id": 2, "recipient_id": i, "added_at": now} for i in range(1000, 2601)],
+        )
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "hello.j2").write_text("{{ name }}\n", encoding="utf-8")
+    store = TemplateStore(tmp_path / "t")
+    clock = ManualClock(now)
+    kwargs = dict(variables={}, clock=clock, actor="t", timezone="Asia/Shanghai", store=store)
+    both = create_run(engine, template="hello", list_names=["b", "a"], **kwargs)
+    only_b = create_run(engine, template="hello", list_names=["b"], **kwargs)
+    assert materialise(engine, both.id, store=store, clock=clock) == 2600
+    assert materialise(engine, only_b.id, store=store, clock=clock) == 1601
+    with db.reading(engine) as conn:
+        m = Message.__table__
+        for run_id, expected in ((both.id, range(1, 2601)), (only_b.id, range(1000, 2601))):
+            got = conn.execute(sa.select(m.c.recipient_id).where(m.c.run_id == run_id)).scalars().all()
+            assert sorted(got) == list(expected)
