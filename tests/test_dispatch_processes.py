@@ -140,7 +140,8 @@ def test_three_workers_on_postgresql_share_one_run_without_duplicates(pg_url: st
     n = 600
     engine, run_id = _prepare(pg_url, tmp_path, n)
     sent_file = tmp_path / "sent.jsonl"
-    env = _env(pg_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="2", BROADCASTER_CONCURRENCY="4")
+    # 10 ms a message, 4 at a time: one worker alone needs 1.5 s, longer than the others take to start.
+    env = _env(pg_url, tmp_path, BROADCASTER_LOG_PROVIDER_DELAY_MS="10", BROADCASTER_CONCURRENCY="4")
     workers = [_worker(env, "--run", str(run_id), "--once") for _ in range(3)]
     for proc in workers:
         out, err = proc.communicate(timeout=60)
