@@ -78,6 +78,9 @@ class Prepared:
 
 
 class Preparer:
+    """Turns chunks of rows into :class:`Prepared` chunks; its phone normaliser's cache lives as long
+    as it does (one per import, in whichever process prepares)."""
+
     def __init__(self, rules: RowRules) -> None:
         self.rules = rules
         self.normalise = rules.normaliser()
