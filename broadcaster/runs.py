@@ -7,7 +7,7 @@ it again and never writes a second message for anyone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,12 +157,21 @@ def create_run(
     return RunRef(run_id, created)
 
 
-def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clock) -> int:
+def materialise(
+    engine: Engine,
+    run_id: int,
+    *,
+    store: TemplateStore,
+    clock: Clock,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write one message per distinct recipient of the run's lists; returns the intended count.
 
     Opted-out numbers get a ``suppressed`` message (so the log shows why they got nothing); a body
     that cannot be rendered for one recipient fails that message with the reason, not the run.
     A run cancelled meanwhile gets no further pages; its ``intended`` is what was written before.
+    ``progress(recipients done)`` is called after each page is committed; an exception it raises
+    stops here, the run stays ``pending`` and materialising it again finishes it.
     """
     with db.reading(engine) as conn:
         run = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).mappings().one_or_none()
@@ -172,7 +181,7 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
     template = run_template(run, store)
     zone = ZoneInfo(run["timezone"])
     send_time = (run["scheduled_for"] or run["created_at"]).astimezone(zone)
-    last_id = 0
+    last_id, done = 0, 0
     rendered: dict[str, Any] = {}  # bodies repeat a lot: measure each distinct body once
     while True:
         with db.writing(engine) as conn:
@@ -211,6 +220,9 @@ def materialise(engine: Engine, run_id: int, *, store: TemplateStore, clock: Clo
                     for w in written
                 ),
             )
+        done += len(page)
+        if progress is not None:
+            progress(done)
     with db.writing(engine) as conn:
         intended = conn.execute(
             sa.select(sa.func.count()).select_from(messages_t).where(messages_t.c.run_id == run_id)

@@ -213,3 +213,35 @@ def test_interrupted_send_is_resumed_without_duplicates(sqlite_url: str, tmp_pat
     assert final.returncode == 0, err.decode()[-2000:]
     assert json.loads(out)["counts"] == {"sent": n}
     _assert_exactly_once(engine, int(run_id), sent_file, n)
+
+
+def test_ctrl_c_while_a_send_writes_its_messages_stops_between_pages_and_resumes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    n = 6000  # six pages of messages to write
+    engine = _seed(sqlite_url, tmp_path, n)
+    sent_file = tmp_path / "sent.jsonl"
+    env = _env(sqlite_url, tmp_path)
+    send = _broadcaster(env, "send", "-t", "notice", "-l", "public", "--yes", "--json")
+    deadline = time.monotonic() + 30
+    while send.poll() is None and time.monotonic() < deadline:
+        with db.reading(engine) as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM messages").scalar_one():
+                break  # the first page is written
+        time.sleep(0.01)
+    send.send_signal(signal.SIGINT)
+    out, err = send.communicate(timeout=30)
+    assert send.returncode == 130, err.decode()[-2000:]
+    assert err.decode().startswith("error: interrupted: run 1 keeps the messages written so far")
+    assert len(err.decode().strip().splitlines()) == 1 and out == b""
+    with db.reading(engine) as conn:
+        status = conn.exec_driver_sql("SELECT status FROM runs WHERE id = 1").scalar_one()
+        written = conn.exec_driver_sql("SELECT count(*) FROM messages").scalar_one()
+    assert status == "pending" and 0 < written < n  # stopped between pages, nothing sent
+    assert not sent_file.exists()
+
+    resume = _broadcaster(env, "runs", "resume", "1", "--json")
+    out, err = resume.communicate(timeout=120)
+    assert resume.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out)["counts"] == {"sent": n}
+    _assert_exactly_once(engine, 1, sent_file, n)

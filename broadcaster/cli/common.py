@@ -10,8 +10,8 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -157,3 +157,41 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def stoppable_progress(bar: bool, label: str, kept: str) -> Iterator[Callable[..., None]]:
+    """A progress callback ``update(done, total=None)`` for long work done in steps (import chunks,
+    pages of a run): a Rich bar on stderr when ``bar`` (a person watches a terminal), and Ctrl-C or
+    SIGTERM taking effect at the next step, where nothing is half written; a second Ctrl-C stops at
+    once. Interrupted, the command ends with one line, ``interrupted: {kept}``, and exit 130."""
+    with stop_on_signals() as stop, ExitStack() as stack:
+        show: Callable[[int, int | None], None] | None = None
+        if bar:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            progress_bar = stack.enter_context(
+                Progress(
+                    TextColumn(label),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+            )
+            task = progress_bar.add_task(label, total=None)
+
+            def show(done: int, total: int | None) -> None:
+                progress_bar.update(task, completed=done, total=total)
+
+        def update(done: int, total: int | None = None) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if show is not None:
+                show(done, total)
+
+        try:
+            yield update
+        except KeyboardInterrupt:
+            raise CliError(f"interrupted: {kept}", exit_code=EXIT_INTERRUPTED) from None

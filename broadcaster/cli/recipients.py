@@ -5,9 +5,6 @@ JSON keys are documented in docs/recipients.md; they are stable (scripts depend 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,21 +13,18 @@ import typer
 
 from broadcaster import db
 from broadcaster.cli.common import (
-    EXIT_INTERRUPTED,
     AppContext,
     CliError,
     app_context,
-    err_console,
     is_terminal,
     print_json,
-    stop_on_signals,
+    stoppable_progress,
 )
 from broadcaster.csv_source import SourceError
 from broadcaster.import_rows import HelperFailed
 from broadcaster.importer import (
     ImportFailed,
     ImportReport,
-    Progress,
     batch_rejects,
     batches,
     import_optouts,
@@ -78,50 +72,6 @@ def _local(app: AppContext, value: datetime | None) -> str:
     return value.astimezone(app.settings.tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
 
 
-@contextmanager
-def _import_progress(bar: bool, label: str, *, dry_run: bool) -> Iterator[Progress]:
-    """The import's progress callback: a Rich bar on stderr when a person watches a terminal, and
-    Ctrl-C (or SIGTERM) taking effect between chunks, where nothing is half written (a second
-    Ctrl-C stops at once)."""
-    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        show: Progress | None = None
-        if bar:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
-
-            progress_bar = stack.enter_context(
-                Bar(
-                    TextColumn(label),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=err_console,
-                    transient=True,
-                )
-            )
-            task = progress_bar.add_task(label, total=None)
-
-            def show(done: int, total: int) -> None:
-                progress_bar.update(task, completed=done, total=total)
-
-        def update(done: int, total: int) -> None:
-            if stop.is_set():
-                raise KeyboardInterrupt
-            if show is not None:
-                show(done, total)
-
-        try:
-            yield update
-        except KeyboardInterrupt:
-            kept = (
-                "nothing was written (dry run)"
-                if dry_run
-                else "the rows imported so far are kept and the batch is marked unfinished; "
-                "import the same file again to complete it"
-            )
-            raise CliError(f"interrupted: {kept}", exit_code=EXIT_INTERRUPTED) from None
-
-
 # --- recipients ---------------------------------------------------------------------------------
 
 
@@ -160,9 +110,13 @@ def _run_import(ctx: typer.Context, do_import: Any, file: Path, *, as_json: bool
     """Both import commands: the file resolved, progress and Ctrl-C between chunks, one-line errors."""
     app = app_context(ctx)
     options["region"] = options["region"] or app.settings.default_region
-    with _import_progress(
-        is_terminal() and not as_json, f"importing {file.name}", dry_run=options["dry_run"]
-    ) as progress:
+    kept = (
+        "nothing was written (dry run)"
+        if options["dry_run"]
+        else "the rows imported so far are kept and the batch is marked unfinished; "
+        "import the same file again to complete it"
+    )
+    with stoppable_progress(is_terminal() and not as_json, f"importing {file.name}", kept) as progress:
         try:
             report = do_import(
                 app.engine,

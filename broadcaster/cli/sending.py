@@ -30,6 +30,7 @@ from broadcaster.cli.common import (
     print_json,
     shorten,
     stop_on_signals,
+    stoppable_progress,
     to_json,
 )
 from broadcaster.dispatch import Dispatcher, dispatcher_from_settings
@@ -39,6 +40,7 @@ from broadcaster.quiet_hours import QuietHoursError, effective
 from broadcaster.run_control import MARK_SENT, RESEND, cancel_run, pause_run, resolve_unknown, resume_run
 from broadcaster.runs import OutboxSummary, create_run, materialise, outbox_summary, preview
 from broadcaster.sendlog import LOG_COLUMNS, iter_messages, list_runs, run_detail
+from broadcaster.templating import TemplateStore
 
 PRIORITY_VALUES = {"normal": 0, "urgent": 10}
 
@@ -122,6 +124,20 @@ def report_run(app: AppContext, run_id: int, as_json: bool, stopped: bool) -> No
             f"{pending} message(s) still pending (retries, quiet hours or uncertain attempts): "
             f"a running `broadcaster worker` or `broadcaster runs resume {run_id}` sends them",
             err=True,
+        )
+
+
+def _materialise(
+    app: AppContext, run_id: int, store: TemplateStore, *, bar: bool, total: int | None = None
+) -> None:
+    """Write the run's messages (a bar on a terminal); Ctrl-C stops between pages, resumably."""
+    kept = (
+        f"run {run_id} keeps the messages written so far and sends nothing yet; "
+        f"`broadcaster runs resume {run_id}` writes the rest and sends"
+    )
+    with stoppable_progress(bar, f"run {run_id}: writing messages", kept) as progress:
+        materialise(
+            app.engine, run_id, store=store, clock=app.clock, progress=lambda done: progress(done, total)
         )
 
 
@@ -228,7 +244,8 @@ def send(
         quiet_hours=quiet_hours,
         extra_details={"confirmed_by": "--yes" if yes else "prompt", "priority": priority.value},
     )
-    materialise(app.engine, ref.id, store=store, clock=app.clock)
+    total = None if yes else summary.intended
+    _materialise(app, ref.id, store, bar=is_terminal() and not as_json, total=total)
     if yes and not as_json:
         with db.reading(app.engine) as conn:
             typer.echo(f"run {ref.id}\n" + _describe(app, outbox_summary(conn, ref.id)))
@@ -351,7 +368,7 @@ def runs_resume(
     app = app_context(ctx)
     result = resume_run(app.engine, run_id, clock=app.clock, actor=app.actor)
     if result["to"] == "pending":  # materialisation was interrupted: finish it (idempotent)
-        materialise(app.engine, run_id, store=app.templates(), clock=app.clock)
+        _materialise(app, run_id, app.templates(), bar=is_terminal() and not as_json)
     if detach:
         _control_output(result, as_json)
         return
