@@ -52,18 +52,27 @@ def _big_file(path: Path, rows: int) -> Path:
     return write_csv(path, data, encoding="gbk")
 
 
-def _helpers() -> list[int]:
-    """Pids of this process's import helpers still running."""
+def _helpers(parent: int | None = None) -> list[int]:
+    """Pids of the import helpers still running under ``parent`` (default: this process)."""
+    parent = parent or os.getpid()
     found = []
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
-            for pid in f.read().split():
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"broadcaster.import_rows" in cmdline:
-                    found.append(int(pid))
+    try:
+        tasks = os.listdir(f"/proc/{parent}/task")
+    except OSError:
+        return []  # the parent itself has ended
+    for task in tasks:
+        try:
+            with open(f"/proc/{parent}/task/{task}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"broadcaster.import_rows" in cmdline:
+                found.append(int(pid))
     return found
 
 
@@ -212,10 +221,7 @@ def test_ctrl_c_stops_the_cli_import_and_its_helper(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     helper = None
     while helper is None and time.monotonic() < deadline and proc.poll() is None:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        for pid in children.read_text().split() if children.exists() else []:
-            if b"broadcaster.import_rows" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                helper = int(pid)
+        helper = next(iter(_helpers(proc.pid)), None)
         time.sleep(0.02)
     assert helper is not None, "the import never started its helper"
     time.sleep(0.3)
