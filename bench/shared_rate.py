@@ -19,40 +19,18 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa  # noqa: E402
 
 from bench.dispatch_bench import BODY, busiest_second, prefix_phone  # noqa: E402
 from broadcaster.clock import SystemClock  # noqa: E402
 from broadcaster.db import open_database  # noqa: E402
 from broadcaster.twilio_fake import FakeTwilioHandle, spawn_fake_twilio  # noqa: E402
-from tests.conftest import subprocess_env  # noqa: E402
+from tests.conftest import subprocess_env, throwaway_pg_database  # noqa: E402
 from tests.dispatch_helpers import make_run, seed_list, template_store  # noqa: E402
-
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@contextmanager
-def throwaway_database() -> Iterator[str]:
-    name = f"bench_shared_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def run_workers(
@@ -118,7 +96,7 @@ def main() -> None:
 
     with (
         tempfile.TemporaryDirectory() as tmp,
-        throwaway_database() as url,
+        throwaway_pg_database("bench_shared") as url,
         spawn_fake_twilio(latency_ms=args.latency_ms, extra_args=["--no-progress"]) as fake,
     ):
         print(
