@@ -71,7 +71,8 @@ class RateLimiter:
             raise ValueError("rate must be positive")
         with self._lock:
             self.rate = rate
-            self.burst = max(1.0, rate * BURST_SECONDS) if self._default_burst else self.burst
+            if self._default_burst:  # a burst given by the caller stays as given
+                self.burst = max(1.0, rate * BURST_SECONDS)
 
     def try_take(self, key: str, cost: float) -> float:
         """Take ``cost`` units for ``key`` now and return 0, or return how long to wait (taking nothing)."""
