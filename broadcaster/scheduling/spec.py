@@ -10,7 +10,15 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 QUIET_HOURS_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
@@ -131,6 +139,11 @@ def _grace(value: object) -> object:
     return None if value is None else parse_duration(value)
 
 
+# Fields that campaigns and jobs both have, validated the same way in both.
+Grace = Annotated[timedelta | None, BeforeValidator(_grace)]
+Variables = Annotated[dict[str, Any], AfterValidator(_check_variables)]
+
+
 class JobSpec(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     name: str | None = None
@@ -138,24 +151,14 @@ class JobSpec(_Strict):
     trigger: TriggerSpec
     template: str = Field(min_length=1)
     lists: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    variables: dict[str, Any] = Field(default_factory=dict)
-    misfire_grace: timedelta | None = None
+    variables: Variables = Field(default_factory=dict)
+    misfire_grace: Grace = None
     priority: int = Field(default=0, ge=-1000, le=1000)
     start: datetime | date | None = None
     end: datetime | date | None = None
     sender: str | None = None
     quiet_hours: str | None = Field(default=None, pattern=QUIET_HOURS_PATTERN)
     pool: PoolSpec | None = None
-
-    @field_validator("misfire_grace", mode="before")
-    @classmethod
-    def _parse_grace(cls, value: object) -> object:
-        return _grace(value)
-
-    @field_validator("variables")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_variables(value)
 
 
 class CampaignSpec(_Strict):
@@ -168,18 +171,8 @@ class CampaignSpec(_Strict):
     enabled: bool = True
     start_date: date | None = None
     end_date: date | None = None
-    misfire_grace: timedelta | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("misfire_grace", mode="before")
-    @classmethod
-    def _parse_grace(cls, value: object) -> object:
-        return _grace(value)
-
-    @field_validator("variables")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_variables(value)
+    misfire_grace: Grace = None
+    variables: Variables = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
