@@ -128,38 +128,52 @@ def seed_run(
     return Seeded(ref.id, clock, store, tmp_path / "templates")
 
 
+def _move_all(
+    conn: sa.Connection, run_id: int, at: datetime, *, before: str, to: str, source: str, detail: dict
+) -> int:
+    """Every message of the run in state ``before`` to ``to``, each with its event: what the
+    application's transitions do, written here directly."""
+    messages_t = Message.__table__
+    ids = (
+        conn.execute(
+            sa.select(messages_t.c.id).where(messages_t.c.run_id == run_id, messages_t.c.status == before)
+        )
+        .scalars()
+        .all()
+    )
+    conn.execute(
+        sa.update(messages_t).where(messages_t.c.id.in_(ids)).values(status=to, final_at=at, updated_at=at)
+    )
+    record_events(
+        conn,
+        [
+            {
+                "message_id": i,
+                "run_id": run_id,
+                "at": at,
+                "from_status": before,
+                "to_status": to,
+                "source": source,
+                "detail": detail,
+            }
+            for i in ids
+        ],
+    )
+    return len(ids)
+
+
 def deliver_sent(engine: sa.Engine, run_id: int, at: datetime) -> int:
     """What a provider's "delivered" status callback does to every sent message of a run."""
-    messages_t = Message.__table__
     with db.writing(engine) as conn:
-        ids = (
-            conn.execute(
-                sa.select(messages_t.c.id).where(messages_t.c.run_id == run_id, messages_t.c.status == SENT)
-            )
-            .scalars()
-            .all()
-        )
-        conn.execute(
-            sa.update(messages_t)
-            .where(messages_t.c.id.in_(ids))
-            .values(status=DELIVERED, final_at=at, updated_at=at)
-        )
-        record_events(
+        return _move_all(
             conn,
-            [
-                {
-                    "message_id": i,
-                    "run_id": run_id,
-                    "at": at,
-                    "from_status": SENT,
-                    "to_status": DELIVERED,
-                    "source": "callback",
-                    "detail": {"MessageStatus": "delivered"},
-                }
-                for i in ids
-            ],
+            run_id,
+            at,
+            before=SENT,
+            to=DELIVERED,
+            source="callback",
+            detail={"MessageStatus": "delivered"},
         )
-    return len(ids)
 
 
 def materialised_run(engine: sa.Engine, seeded: Seeded) -> int:
@@ -183,37 +197,19 @@ def materialised_run(engine: sa.Engine, seeded: Seeded) -> int:
 
 def cancel_run(engine: sa.Engine, run_id: int, at: datetime, *, record: bool = True) -> None:
     """What cancelling a run does: queued messages become cancelled, with the operator's action."""
-    messages_t, runs_t = Message.__table__, Run.__table__
+    runs_t = Run.__table__
     with db.writing(engine) as conn:
-        ids = (
-            conn.execute(
-                sa.select(messages_t.c.id).where(messages_t.c.run_id == run_id, messages_t.c.status == QUEUED)
-            )
-            .scalars()
-            .all()
-        )
-        conn.execute(
-            sa.update(messages_t)
-            .where(messages_t.c.id.in_(ids))
-            .values(status=CANCELLED, final_at=at, updated_at=at)
+        _move_all(
+            conn,
+            run_id,
+            at,
+            before=QUEUED,
+            to=CANCELLED,
+            source="operator",
+            detail={"reason": "run cancelled"},
         )
         conn.execute(
             sa.update(runs_t).where(runs_t.c.id == run_id).values(status=RUN_CANCELLED, finished_at=at)
-        )
-        record_events(
-            conn,
-            [
-                {
-                    "message_id": i,
-                    "run_id": run_id,
-                    "at": at,
-                    "from_status": QUEUED,
-                    "to_status": CANCELLED,
-                    "source": "operator",
-                    "detail": {"reason": "run cancelled"},
-                }
-                for i in ids
-            ],
         )
         if record:
             record_action(conn, at=at, actor="operator", action="run.cancelled", run_id=run_id, details={})
