@@ -18,6 +18,7 @@ from broadcaster.optouts import add_optout
 from broadcaster.providers.log import LogProvider
 from broadcaster.runs import RunError, counts_by_status, create_run, materialise
 from broadcaster.templating import TemplateStore
+from tests.dispatch_helpers import seed_list
 
 
 def _seed(engine: sa.Engine, now: datetime) -> None:
@@ -142,30 +143,8 @@ def test_materialise_pages_through_overlapping_lists_each_recipient_once(
     """Pages of 1,000 recipients driven by each list's members: a recipient in both lists comes
     once, and nobody is skipped at a page boundary (list a: 1–1500, list b: 1000–2600)."""
     now = datetime(2011, 8, 31, 1, 0, tzinfo=UTC)
-    with db.writing(engine) as conn:
-        conn.execute(
-            sa.insert(RecipientList.__table__),
-            [{"id": 1, "name": "a", "created_at": now}, {"id": 2, "name": "b", "created_at": now}],
-        )
-        conn.execute(
-            sa.insert(Recipient.__table__),
-            [
-                {
-                    "id": i,
-                    "phone": f"+86139{i:08d}",
-                    "name": f"n{i}",
-                    "attributes": {},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for i in range(1, 2601)
-            ],
-        )
-        conn.execute(
-            sa.insert(ListMember.__table__),
-            [{"list_id": 1, "recipient_id": i, "added_at": now} for i in range(1, 1501)]
-            + [{"list_id": 2, "recipient_id": i, "added_at": now} for i in range(1000, 2601)],
-        )
+    seed_list(engine, "a", range(1, 1501), now)
+    seed_list(engine, "b", range(1000, 2601), now)
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "hello.j2").write_text("{{ name }}\n", encoding="utf-8")
     store = TemplateStore(tmp_path / "t")
